@@ -1,0 +1,5 @@
+"""Placeholder entry point, replaced by the Typer app."""
+
+
+def main() -> None:
+    """Run the CLI."""

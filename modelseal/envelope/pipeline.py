@@ -1,0 +1,137 @@
+"""Segment pipeline: move a body through the chunk cipher in large, reused buffers.
+
+A *segment* is up to :data:`SEGMENT_CHUNKS` consecutive chunks. Each segment is
+read with one ``readinto`` into a preallocated buffer, transformed chunk by
+chunk with ``encrypt_into``/``decrypt_into`` into a second preallocated buffer,
+and written with one ``write``. With ``overlap_io`` the next read and the
+previous write run on a helper thread while the current segment is being
+transformed (file syscalls release the GIL), so I/O and crypto overlap. Nothing
+is allocated per chunk or per segment.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from modelseal.envelope.body import CHUNK_SIZE_BYTES, TAG_BYTES, chunk_count
+
+__all__ = ["SEGMENT_CHUNKS", "Segment", "Sink", "plan_segments", "read_fully", "run_segments"]
+
+SEGMENT_CHUNKS = 256  # 4 MiB of plaintext per segment
+
+ProgressCallback = Callable[[int], None]
+
+
+class Sink(Protocol):
+    """Where output bytes go: a binary file, or anything with a compatible ``write``."""
+
+    def write(self, data: memoryview, /) -> int | None:
+        """Write all of ``data``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One segment of a body: chunks [first, first + count), the last possibly final."""
+
+    first: int
+    count: int
+    final: bool
+    plaintext_bytes: int
+
+    @property
+    def ciphertext_bytes(self) -> int:
+        """Encrypted size of this segment."""
+        return self.plaintext_bytes + TAG_BYTES * self.count
+
+
+def plan_segments(plaintext_length: int, segment_chunks: int = SEGMENT_CHUNKS) -> Iterator[Segment]:
+    """Split a body of ``plaintext_length`` bytes into segments; the last one is final."""
+    total = chunk_count(plaintext_length)
+    first = 0
+    while first < total:
+        count = min(segment_chunks, total - first)
+        final = first + count == total
+        size = plaintext_length - first * CHUNK_SIZE_BYTES if final else count * CHUNK_SIZE_BYTES
+        yield Segment(first, count, final, size)
+        first += count
+
+
+def read_fully(src: BinaryIO, view: memoryview) -> int:
+    """``readinto`` until ``view`` is full or the input ends; return the bytes read."""
+    got = 0
+    size = len(view)
+    while got < size:
+        n = src.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
+
+
+def allocate(size: int) -> memoryview:
+    """A page-aligned anonymous buffer (mmap), reused across segments."""
+    return memoryview(mmap.mmap(-1, max(size, 1)))
+
+
+Transform = Callable[[Segment, memoryview, memoryview], int]
+
+
+def run_segments(
+    segments: list[Segment] | Iterator[Segment],
+    *,
+    read: Callable[[Segment, memoryview], None],
+    transform: Transform,
+    write: Callable[[memoryview], object],
+    input_size: Callable[[Segment], int],
+    output_size: Callable[[Segment], int],
+    overlap_io: bool,
+    progress: ProgressCallback | None = None,
+) -> None:
+    """Drive ``read -> transform -> write`` over segments with double buffering.
+
+    ``read(segment, view)`` must fill ``view`` exactly or raise. ``transform``
+    returns the number of output bytes. Exceptions propagate after in-flight I/O
+    has finished, so no write happens after a failed transform.
+    """
+    plan = list(segments)
+    if not plan:
+        return
+    ins = [allocate(max(input_size(s) for s in plan)) for _ in range(2)]
+    outs = [allocate(max(output_size(s) for s in plan)) for _ in range(2)]
+    # One helper thread runs the I/O in submission order: write(n - 1), then read(n + 1),
+    # while the calling thread transforms segment n.
+    executor = ThreadPoolExecutor(max_workers=1) if overlap_io else None
+    pending: list[Future[object]] = []
+    try:
+        read(plan[0], ins[0][: input_size(plan[0])])
+        for n, segment in enumerate(plan):
+            cur = n % 2
+            nxt = plan[n + 1] if n + 1 < len(plan) else None
+            if executor is not None and nxt is not None:
+                pending.append(executor.submit(read, nxt, ins[1 - cur][: input_size(nxt)]))
+            produced = transform(segment, ins[cur][: input_size(segment)], outs[cur])
+            for future in pending:
+                future.result()
+            pending.clear()
+            if executor is not None:
+                pending.append(executor.submit(write, outs[cur][:produced]))
+            else:
+                write(outs[cur][:produced])
+                if nxt is not None:
+                    read(nxt, ins[1 - cur][: input_size(nxt)])
+            if progress is not None:
+                progress(segment.plaintext_bytes)
+        for future in pending:
+            future.result()
+    finally:
+        if executor is not None:
+            # Let in-flight I/O finish before the buffers are wiped.
+            executor.shutdown(wait=True)
+        for view in (*ins, *outs):
+            # The buffers may hold plaintext: zero them before they are freed.
+            view[:] = bytes(len(view))
