@@ -159,8 +159,16 @@ class RecipientPublicKey:
             raise KeyFormatError(f"not a valid {self.kem.label} public key") from None
 
     def hpke_seal(self, plaintext: bytes, info: bytes) -> tuple[bytes, bytes]:
-        """HPKE ``SealBase`` to this key with a fresh ephemeral key; return (enc, ct)."""
-        out = self.kem.suite().encrypt(plaintext, self._pyca(), info=info)
+        """HPKE ``SealBase`` to this key with a fresh ephemeral key; return (enc, ct).
+
+        Raises:
+            KeyFormatError: The key is a point the KEM refuses (for example a low-order
+                X25519 point, whose shared secret would be all zeros).
+        """
+        try:
+            out = self.kem.suite().encrypt(plaintext, self._pyca(), info=info)
+        except ValueError:
+            raise KeyFormatError(f"{self.kem.label} public key is not usable for HPKE") from None
         split = self.kem.enc_length
         return out[:split], out[split:]
 
