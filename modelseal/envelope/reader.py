@@ -30,6 +30,7 @@ from modelseal.envelope.body import (
     BodyCipher,
     body_length,
     chunk_count,
+    transform_parallel,
 )
 from modelseal.envelope.container import Framing, read_framing
 from modelseal.envelope.header import Header, RType
@@ -369,11 +370,16 @@ class OpenedPackage:
 
 
 def open_into(
-    data: bytes | bytearray | memoryview, out: bytearray | memoryview, key: Key, policy: OpenPolicy
+    data: bytes | bytearray | memoryview,
+    out: bytearray | memoryview,
+    key: Key,
+    policy: OpenPolicy,
+    *,
+    threads: int = 1,
 ) -> Header:
     """Verify an in-memory package and decrypt it into ``out``; all-or-nothing, no extra copy.
 
-    On failure ``out`` is zeroed.
+    On failure ``out`` is zeroed. ``threads > 1`` decrypts large bodies in parallel.
     """
     view = memoryview(data).cast("B")
     framing = read_framing(io.BytesIO(view[:MAX_FRAMING_BYTES].tobytes()))
@@ -390,7 +396,9 @@ def open_into(
     cipher = BodyCipher(dek, bytes(body[:SALT_BYTES]), framing.body_context())
     cipher.check_commitment(body[SALT_BYTES:BODY_PREFIX_BYTES])
     try:
-        cipher.decrypt_chunks(0, body[BODY_PREFIX_BYTES:], dst[:length], final=True)
+        transform_parallel(
+            cipher, body[BODY_PREFIX_BYTES:], dst[:length], decrypt=True, threads=threads
+        )
     except BaseException:
         dst[:length] = bytes(length)
         raise

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from modelseal.envelope.atomic import AtomicOutput
-from modelseal.envelope.body import BODY_PREFIX_BYTES, SALT_BYTES, BodyCipher, body_length
+from modelseal.envelope.body import (
+    BODY_PREFIX_BYTES,
+    SALT_BYTES,
+    BodyCipher,
+    body_length,
+    transform_parallel,
+)
 from modelseal.envelope.container import (
     BODY_CONTEXT_LABEL,
     DEK_BYTES,
@@ -136,10 +142,13 @@ def seal_into(
     to: Destination,
     *,
     ctype: str = DEFAULT_CTYPE,
+    threads: int = 1,
 ) -> SealResult:
     """Seal an in-memory plaintext into a preallocated buffer of :func:`sealed_size` bytes.
 
     This is the allocation-free in-memory path: no copy of the plaintext is made.
+    With ``threads > 1`` large bodies are encrypted by that many threads, each on a
+    contiguous range of chunks.
     """
     src = memoryview(plaintext).cast("B")
     dst = memoryview(out).cast("B")
@@ -148,7 +157,9 @@ def seal_into(
     if len(dst) < total:
         raise UsageError(f"output buffer must hold {total} bytes, got {len(dst)}")
     dst[: len(head)] = head
-    written = cipher.encrypt_chunks(0, src, dst[len(head) : total], final=True)
+    written = transform_parallel(
+        cipher, src, dst[len(head) : total], decrypt=False, threads=threads
+    )
     return SealResult(header, package_id, len(head) + written)
 
 
