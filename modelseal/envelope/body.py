@@ -89,7 +89,7 @@ class BodyCipher:
         """The 56-byte body prefix: salt || commitment."""
         return self.salt + self._commitment
 
-    def check_commitment(self, commitment: bytes | memoryview) -> None:
+    def check_commitment(self, commitment: bytes | bytearray | memoryview) -> None:
         """Compare the stored commitment in constant time.
 
         Raises:
@@ -180,6 +180,10 @@ class BodyCipher:
                 )
                 dst_off += tail - TAG_BYTES
         except InvalidTag:
+            # decrypt_into may already have written the forged chunk's plaintext into
+            # dst before checking the tag: wipe it so no unverified byte stays behind.
+            failed = dst[dst_off : dst_off + CHUNK_SIZE_BYTES]
+            failed[:] = bytes(len(failed))
             raise ChunkTagError(index) from None
         return dst_off
 

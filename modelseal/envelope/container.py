@@ -28,7 +28,7 @@ from modelseal.errors import (
 )
 from modelseal.keys.issuer import IssuerKeySet, Signer
 from modelseal.keys.kek import WRAP_NONCE_BYTES, KEKWrapper
-from modelseal.keys.kem import HPKERecipient, RecipientPublicKey
+from modelseal.keys.kem import HPKERecipient, RecipientPublicKey, is_hpke_recipient
 
 __all__ = [
     "MAGIC",
@@ -116,9 +116,9 @@ class Framing:
             RecipientMismatchError: Via the caller's recipient check (not here).
             DEKUnwrapError: The DEK does not open.
         """
-        if isinstance(key, KEKWrapper):
-            return key.unwrap(self.enc, self.wrapped_dek, KEK_AAD_LABEL + self.header_hash)
-        return key.hpke_open(self.enc, self.wrapped_dek, DEK_INFO_LABEL + self.header_hash)
+        if is_hpke_recipient(key):
+            return key.hpke_open(self.enc, self.wrapped_dek, DEK_INFO_LABEL + self.header_hash)
+        return key.unwrap(self.enc, self.wrapped_dek, KEK_AAD_LABEL + self.header_hash)
 
 
 def signature_message(prelude: bytes, keyblock: bytes) -> bytes:
@@ -159,12 +159,22 @@ def sign_package(prelude: bytes, keyblock: bytes, signer: Signer) -> bytes:
     return struct.pack(">H", SIGNATURE_BYTES) + signature
 
 
-def _read_exact(src: BinaryIO, size: int, what: str) -> bytes:
-    data = src.read(size)
-    if data is None or len(data) != size:
-        got = 0 if data is None else len(data)
-        raise TruncatedError(f"input ended inside {what}: needed {size} bytes, got {got}")
+def _read_upto(src: BinaryIO, size: int) -> bytes:
+    # Pipes and sockets may return short reads: keep reading until EOF or ``size``.
+    data = bytearray()
+    while len(data) < size:
+        piece = src.read(size - len(data))
+        if not piece:
+            break
+        data += piece
     return bytes(data)
+
+
+def _read_exact(src: BinaryIO, size: int, what: str) -> bytes:
+    data = _read_upto(src, size)
+    if len(data) != size:
+        raise TruncatedError(f"input ended inside {what}: needed {size} bytes, got {len(data)}")
+    return data
 
 
 def _read_u16(src: BinaryIO, what: str) -> tuple[bytes, int]:
@@ -182,9 +192,9 @@ def read_framing(src: BinaryIO) -> Framing:
         UnsupportedSuiteError, UnsupportedAlgorithmError, EncLengthError,
         WrapLengthError, SigLengthError.
     """
-    magic = src.read(len(MAGIC))
+    magic = _read_upto(src, len(MAGIC))
     if magic != MAGIC:
-        if magic is not None and MAGIC.startswith(magic) and len(magic) < len(MAGIC):
+        if len(magic) < len(MAGIC) and MAGIC.startswith(magic):
             raise TruncatedError("input ended inside the magic")
         raise BadMagicError("not a modelseal v1 container (bad magic)")
     raw_len = _read_exact(src, 4, "header_len")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ __all__ = [
 
 KDF_HKDF_SHA256 = 0x0001
 AEAD_AES_256_GCM = 0x0002
-MAX_PLAINTEXT_BYTES = 1 << 52
+# C2SP allows at most 2^38 chunks; with a short final chunk that is 2^52 - 1 bytes.
+MAX_PLAINTEXT_BYTES = (1 << 52) - 1
 MAX_SAFE_INTEGER = (1 << 53) - 1
 MAX_DEPTH = 16
 MAX_STRING_CLAIM_CHARS = 255
@@ -86,6 +88,14 @@ class Claims:
         for name in self.extra:
             if name in _KNOWN_CLAIMS:
                 raise HeaderError(f"claims.extra must not redefine {name!r}")
+        # Refuse, at sealing time, any extra value that a reader would refuse, so that a
+        # sealer can never produce a package nobody can open.
+        try:
+            encoded = json.dumps(dict(self.extra), allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise HeaderError(f"claims.extra is not valid I-JSON: {exc}") from None
+        if _decode_json(encoded.encode("utf-8", "surrogatepass"), depth=1) != dict(self.extra):
+            raise HeaderError("claims.extra does not survive a JSON round trip")
         # Freeze a private copy so callers cannot mutate signed content afterwards.
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
 
@@ -114,7 +124,9 @@ class Claims:
             jti=obj["jti"],
             iat=obj["iat"],
             exp=obj["exp"],
-            lexp=obj.get("lexp"),
+            lexp=_check_int(obj["lexp"], "claims.lexp", 0, MAX_SAFE_INTEGER)
+            if "lexp" in obj
+            else None,
             extra=extra,
         )
 
@@ -217,6 +229,13 @@ def _reject_constant(name: str) -> Any:
     raise HeaderError(f"{name} is not valid I-JSON")
 
 
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise HeaderError(f"number {text[:32]} is outside the I-JSON range")
+    return value
+
+
 def _parse_int(text: str) -> int:
     value = int(text)
     if abs(value) > MAX_SAFE_INTEGER:
@@ -242,7 +261,7 @@ def _check_tree(value: object, depth: int) -> None:
             _check_tree(item, depth + 1)
 
 
-def _decode_json(data: bytes) -> dict[str, Any]:
+def _decode_json(data: bytes, *, depth: int = 0) -> dict[str, Any]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -255,12 +274,13 @@ def _decode_json(data: bytes) -> dict[str, Any]:
             object_pairs_hook=_reject_duplicates,
             parse_constant=_reject_constant,
             parse_int=_parse_int,
+            parse_float=_parse_float,
         )
     except json.JSONDecodeError as exc:
         raise HeaderError(f"header is not JSON: {exc.msg} at offset {exc.pos}") from None
     except RecursionError:
         raise HeaderError(f"header nests deeper than {MAX_DEPTH} levels") from None
-    _check_tree(obj, 0)
+    _check_tree(obj, depth)
     if not isinstance(obj, dict):
         raise HeaderError(f"header must be a JSON object, got {_json_type(obj)}")
     return obj

@@ -4,10 +4,11 @@ Checks run in this order, and each failure raises its own error class before
 any later step runs (FORMAT §9):
 
 1. framing: magic, ``header_len``, header, suite/alg, ``enc_len``, ``wrap_len``,
-   ``sig_len`` (no cryptography yet);
+   ``sig_len`` (no cryptography yet); then the kind of key offered must suit the
+   rtype (a device key for ``hpke``, a KEK for ``kek``);
 2. issuer signature against the pinned set (``hpke``);
 3. claims: audience and delivery deadline (``hpke``), licence expiry (both);
-4. recipient: ``rcpt`` and KEM match the key offered;
+4. recipient: ``rcpt`` and KEM (or the KEK label) match the key offered;
 5. DEK unwrap (HPKE or KEK);
 6. body length against ``len`` (when the input's size is known) and key commitment;
 7. chunks, each authenticated before its plaintext is released.
@@ -53,7 +54,7 @@ from modelseal.errors import (
 )
 from modelseal.keys.issuer import IssuerKeySet
 from modelseal.keys.kek import KEKWrapper
-from modelseal.keys.kem import HPKERecipient
+from modelseal.keys.kem import HPKERecipient, is_hpke_recipient
 
 __all__ = [
     "MAX_LEEWAY_SECONDS",
@@ -82,14 +83,12 @@ class OpenPolicy:
         audience: This device's id; required to open an ``hpke`` package.
         now: Unix time to check against (default: the system clock).
         leeway_seconds: Clock skew allowed on ``exp`` and ``lexp`` (0..300).
-        check_licence: Refuse a package past its ``lexp`` (on by default).
     """
 
     issuers: IssuerKeySet | None = None
     audience: str | None = None
     now: int | None = None
     leeway_seconds: int = 60
-    check_licence: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.leeway_seconds <= MAX_LEEWAY_SECONDS:
@@ -106,30 +105,33 @@ Key = HPKERecipient | KEKWrapper
 
 
 def _verify_and_unwrap(framing: Framing, key: Key, policy: OpenPolicy) -> bytes:
+    """Run checks 2-5 of the module docstring and return the DEK."""
     header = framing.header
     now = policy.clock()
+    claims = header.claims
     if header.rtype is RType.HPKE:
+        if not is_hpke_recipient(key):
+            raise RecipientMismatchError("an issued (hpke) package needs a device key, not a KEK")
         if policy.issuers is None or policy.audience is None:
             raise UsageError("opening an issued package needs pinned issuers and an audience")
-        if not isinstance(key, HPKERecipient):
-            raise RecipientMismatchError("an issued (hpke) package needs a device key, not a KEK")
         framing.verify_signature(policy.issuers)
-        claims = header.claims
-        assert claims is not None  # Header validation guarantees claims for hpke.
+        if claims is None:  # Header validation guarantees claims for hpke.
+            raise UsageError("issued package without claims")
         if claims.aud != policy.audience:
             raise AudienceError("package audience does not match this device")
         if now > claims.exp + policy.leeway_seconds:
             raise ExpiredError(f"package expired at {claims.exp} (now {now})")
-        if header.kem is not key.kem or header.rcpt != key.kid:
+    elif is_hpke_recipient(key):
+        raise RecipientMismatchError("an at-rest (kek) package needs a KEK")
+    if claims is not None and claims.lexp is not None and now > claims.lexp + policy.leeway_seconds:
+        raise LicenceExpiredError(
+            f"licence expired at {claims.lexp} (now {now}); fetch the model again"
+        )
+    if is_hpke_recipient(key):
+        if header.kem != key.kem or header.rcpt != key.kid:
             raise RecipientMismatchError("package is addressed to another device key")
-    else:
-        if not isinstance(key, KEKWrapper):
-            raise RecipientMismatchError("an at-rest (kek) package needs a KEK")
-        if header.rcpt != key.label:
-            raise RecipientMismatchError("package is wrapped under another KEK")
-    lexp = header.claims.lexp if header.claims is not None else None
-    if policy.check_licence and lexp is not None and now > lexp + policy.leeway_seconds:
-        raise LicenceExpiredError(f"licence expired at {lexp} (now {now}); fetch the model again")
+    elif header.rcpt != key.label:
+        raise RecipientMismatchError("package is wrapped under another KEK")
     return framing.unwrap_dek(key)
 
 
@@ -352,10 +354,10 @@ def open_stream(src: BinaryIO, key: Key, policy: OpenPolicy) -> Package:
                 f"body is {end - body_start} bytes, but len={length} needs {body_length(length)}"
             )
         src.seek(body_start)
-    prefix = src.read(BODY_PREFIX_BYTES)
-    if prefix is None or len(prefix) != BODY_PREFIX_BYTES:
+    prefix = bytearray(BODY_PREFIX_BYTES)
+    if read_fully(src, memoryview(prefix)) != BODY_PREFIX_BYTES:
         raise BodyLengthError("body is shorter than its salt and commitment")
-    cipher = BodyCipher(dek, prefix[:SALT_BYTES], framing.body_context())
+    cipher = BodyCipher(dek, bytes(prefix[:SALT_BYTES]), framing.body_context())
     cipher.check_commitment(prefix[SALT_BYTES:])
     return Package(framing, cipher, src, body_start)
 
@@ -367,6 +369,34 @@ class OpenedPackage:
     header: Header
     package_id: str
     plaintext: bytes
+
+
+def _open_memory(
+    data: bytes | bytearray | memoryview, key: Key, policy: OpenPolicy
+) -> tuple[Framing, BodyCipher, memoryview]:
+    """Verify an in-memory package up to the commitment; return its framing, cipher, chunks."""
+    view = memoryview(data).cast("B")
+    framing = read_framing(io.BytesIO(view[:MAX_FRAMING_BYTES].tobytes()))
+    dek = _verify_and_unwrap(framing, key, policy)
+    length = framing.header.length
+    body = view[framing.body_offset :]
+    if len(body) != body_length(length):
+        raise BodyLengthError(
+            f"body is {len(body)} bytes, but len={length} needs {body_length(length)}"
+        )
+    cipher = BodyCipher(dek, bytes(body[:SALT_BYTES]), framing.body_context())
+    cipher.check_commitment(body[SALT_BYTES:BODY_PREFIX_BYTES])
+    return framing, cipher, body[BODY_PREFIX_BYTES:]
+
+
+def _decrypt_memory(
+    cipher: BodyCipher, chunks: memoryview, out: memoryview, length: int, threads: int
+) -> None:
+    try:
+        transform_parallel(cipher, chunks, out[:length], decrypt=True, threads=threads)
+    except BaseException:
+        out[:length] = bytes(length)
+        raise
 
 
 def open_into(
@@ -381,37 +411,29 @@ def open_into(
 
     On failure ``out`` is zeroed. ``threads > 1`` decrypts large bodies in parallel.
     """
-    view = memoryview(data).cast("B")
-    framing = read_framing(io.BytesIO(view[:MAX_FRAMING_BYTES].tobytes()))
-    dek = _verify_and_unwrap(framing, key, policy)
+    framing, cipher, chunks = _open_memory(data, key, policy)
     length = framing.header.length
-    body = view[framing.body_offset :]
-    if len(body) != body_length(length):
-        raise BodyLengthError(
-            f"body is {len(body)} bytes, but len={length} needs {body_length(length)}"
-        )
     dst = memoryview(out).cast("B")
     if len(dst) < length:
         raise UsageError(f"output buffer must hold {length} bytes, got {len(dst)}")
-    cipher = BodyCipher(dek, bytes(body[:SALT_BYTES]), framing.body_context())
-    cipher.check_commitment(body[SALT_BYTES:BODY_PREFIX_BYTES])
-    try:
-        transform_parallel(
-            cipher, body[BODY_PREFIX_BYTES:], dst[:length], decrypt=True, threads=threads
-        )
-    except BaseException:
-        dst[:length] = bytes(length)
-        raise
+    _decrypt_memory(cipher, chunks, dst, length, threads)
     return framing.header
 
 
-def open_bytes(data: bytes | bytearray | memoryview, key: Key, policy: OpenPolicy) -> OpenedPackage:
-    """Verify an in-memory package and return its plaintext (all-or-nothing)."""
-    view = memoryview(data).cast("B")
-    framing = read_framing(io.BytesIO(view[:MAX_FRAMING_BYTES].tobytes()))
-    out = bytearray(framing.header.length)
-    header = open_into(view, out, key, policy)
-    return OpenedPackage(header, framing.package_id, bytes(out))
+def open_bytes(
+    data: bytes | bytearray | memoryview, key: Key, policy: OpenPolicy, *, threads: int = 1
+) -> OpenedPackage:
+    """Verify an in-memory package and return its plaintext (all-or-nothing).
+
+    The output buffer is allocated only after the signature, claims, DEK, body
+    length and commitment have all checked out, so a forged ``len`` cannot make
+    the reader allocate memory.
+    """
+    framing, cipher, chunks = _open_memory(data, key, policy)
+    length = framing.header.length
+    out = bytearray(length)
+    _decrypt_memory(cipher, chunks, memoryview(out), length, threads)
+    return OpenedPackage(framing.header, framing.package_id, bytes(out))
 
 
 def open_file(

@@ -153,9 +153,12 @@ def jwk_to_key(jwk: Mapping[str, Any]) -> Key:
     if not isinstance(jwk, Mapping):
         raise KeyFormatError("a JWK must be a JSON object")
     kty, alg = _member(jwk, "kty"), _member(jwk, "alg")
+    if not isinstance(kty, str) or not isinstance(alg, str):
+        raise KeyFormatError("JWK members 'kty' and 'alg' must be strings")
     key: Key
     if kty == "oct":
         _expect(jwk, "alg", KEK_ALG)
+        _expect(jwk, "use", "enc")
         label = _member(jwk, "kid")
         if not isinstance(label, str):
             raise KeyFormatError("KEK kid must be a string")
@@ -164,6 +167,9 @@ def jwk_to_key(jwk: Mapping[str, Any]) -> Key:
         kem = _KEM_BY_ALG[alg]
         _expect(jwk, "use", "enc")
         secret_member = "priv" if kem is KEM.XWING else "d"
+        stray = "d" if kem is KEM.XWING else "priv"
+        if stray in jwk:
+            raise KeyFormatError(f"JWK member {stray!r} does not belong to a {kem.label} key")
         if kem is KEM.X25519:
             _expect(jwk, "kty", "OKP")
             _expect(jwk, "crv", "X25519")
@@ -189,6 +195,8 @@ def jwk_to_key(jwk: Mapping[str, Any]) -> Key:
             raw = b64u_decode(_member(jwk, "x"), "x")
         else:
             raw = _ec_point(jwk)
+        if "priv" in jwk:
+            raise KeyFormatError("JWK member 'priv' does not belong to an issuer key")
         ipub = IssuerPublicKey(sig_alg, raw)
         if "d" in jwk:
             key = IssuerPrivateKey(sig_alg, b64u_decode(jwk["d"], "d"))
@@ -242,9 +250,18 @@ def _read_json(path: Path) -> Any:
     if len(data) > MAX_KEY_FILE_BYTES:
         raise KeyFormatError(f"key file {path} is larger than {MAX_KEY_FILE_BYTES} bytes")
     try:
-        return json.loads(data.decode("utf-8"))
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise KeyFormatError(f"key file {path} is not JSON: {exc}") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in out:
+            raise KeyFormatError(f"duplicate JSON member {name!r} in key file")
+        out[name] = value
+    return out
 
 
 def load_key(path: str | os.PathLike[str]) -> Key:

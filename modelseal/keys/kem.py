@@ -24,6 +24,7 @@ from typing import NoReturn, Protocol, runtime_checkable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
+from typing_extensions import TypeIs
 
 from modelseal.errors import DEKUnwrapError, KeyFormatError
 
@@ -32,6 +33,7 @@ __all__ = [
     "HPKERecipient",
     "RecipientPrivateKey",
     "RecipientPublicKey",
+    "is_hpke_recipient",
     "key_id",
 ]
 
@@ -121,6 +123,15 @@ class HPKERecipient(Protocol):
     def hpke_open(self, enc: bytes, ciphertext: bytes, info: bytes) -> bytes:
         """Run HPKE ``OpenBase`` (empty AAD); raise :class:`DEKUnwrapError` on failure."""
         ...
+
+
+def is_hpke_recipient(key: object) -> TypeIs[HPKERecipient]:
+    """True for device keys (software or hardware), false for KEKs.
+
+    A duck-typed check: ``isinstance`` against a runtime-checkable Protocol costs
+    tens of microseconds, and device keys are exactly the objects with ``hpke_open``.
+    """
+    return callable(getattr(key, "hpke_open", None))
 
 
 @dataclass(frozen=True, slots=True)
