@@ -28,7 +28,7 @@ from modelseal.envelope.container import (
     wrap_dek_hpke,
     wrap_dek_kek,
 )
-from modelseal.envelope.header import Claims, Header, RType, SignatureRef
+from modelseal.envelope.header import MAX_PLAINTEXT_BYTES, Claims, Header, RType, SignatureRef
 from modelseal.envelope.pipeline import (
     ProgressCallback,
     Segment,
@@ -107,8 +107,8 @@ def _header_for(to: Destination, length: int, ctype: str) -> Header:
 
 def _start(to: Destination, length: int, ctype: str) -> tuple[Header, bytes, BodyCipher, str]:
     """Build everything before the body; return (header, bytes before body, cipher, id)."""
-    if not 0 <= length <= 1 << 52:
-        raise UsageError(f"plaintext length must be 0..2^52, got {length}")
+    if not 0 <= length <= MAX_PLAINTEXT_BYTES:
+        raise UsageError(f"plaintext length must be 0..2^52-1, got {length}")
     header = _header_for(to, length, ctype)
     prelude = encode_prelude(header)
     dek = os.urandom(DEK_BYTES)
