@@ -82,7 +82,7 @@ Transform = Callable[[Segment, memoryview, memoryview], int]
 
 
 def run_segments(
-    segments: list[Segment] | Iterator[Segment],
+    segments: Iterator[Segment],
     *,
     read: Callable[[Segment, memoryview], None],
     transform: Transform,
@@ -98,20 +98,24 @@ def run_segments(
     returns the number of output bytes. Exceptions propagate after in-flight I/O
     has finished, so no write happens after a failed transform.
     """
-    plan = list(segments)
-    if not plan:
+    # The plan is consumed lazily: a 2^52-byte body has 2^30 segments, which must
+    # never be materialised. The first segment is the largest (all but the final
+    # one are full), so it sizes the reused buffers.
+    plan = iter(segments)
+    segment = next(plan, None)
+    if segment is None:
         return
-    ins = [allocate(max(input_size(s) for s in plan)) for _ in range(2)]
-    outs = [allocate(max(output_size(s) for s in plan)) for _ in range(2)]
+    ins = [allocate(input_size(segment)) for _ in range(2)]
+    outs = [allocate(output_size(segment)) for _ in range(2)]
     # One helper thread runs the I/O in submission order: write(n - 1), then read(n + 1),
     # while the calling thread transforms segment n.
     executor = ThreadPoolExecutor(max_workers=1) if overlap_io else None
     pending: list[Future[object]] = []
     try:
-        read(plan[0], ins[0][: input_size(plan[0])])
-        for n, segment in enumerate(plan):
-            cur = n % 2
-            nxt = plan[n + 1] if n + 1 < len(plan) else None
+        read(segment, ins[0][: input_size(segment)])
+        cur = 0
+        while segment is not None:
+            nxt = next(plan, None)
             if executor is not None and nxt is not None:
                 pending.append(executor.submit(read, nxt, ins[1 - cur][: input_size(nxt)]))
             produced = transform(segment, ins[cur][: input_size(segment)], outs[cur])
@@ -126,6 +130,7 @@ def run_segments(
                     read(nxt, ins[1 - cur][: input_size(nxt)])
             if progress is not None:
                 progress(segment.plaintext_bytes)
+            segment, cur = nxt, 1 - cur
         for future in pending:
             future.result()
     finally:

@@ -104,34 +104,44 @@ class OpenPolicy:
 Key = HPKERecipient | KEKWrapper
 
 
+def _check_licence(header: Header, now: int, policy: OpenPolicy) -> None:
+    lexp = header.claims.lexp if header.claims is not None else None
+    if lexp is not None and now > lexp + policy.leeway_seconds:
+        raise LicenceExpiredError(f"licence expired at {lexp} (now {now}); fetch the model again")
+
+
 def _verify_and_unwrap(framing: Framing, key: Key, policy: OpenPolicy) -> bytes:
-    """Run checks 2-5 of the module docstring and return the DEK."""
+    """Run checks 2-5 of the module docstring and return the DEK.
+
+    Claims are only ever judged once they are authenticated: an issued package's
+    header by the issuer signature, an at-rest package's header by the KEK unwrap
+    (its AAD binds H), so an at-rest ``lexp`` is checked after the unwrap.
+    """
     header = framing.header
     now = policy.clock()
+    if header.rtype is RType.KEK:
+        if is_hpke_recipient(key):
+            raise RecipientMismatchError("an at-rest (kek) package needs a KEK")
+        if header.rcpt != key.label:
+            raise RecipientMismatchError("package is wrapped under another KEK")
+        dek = framing.unwrap_dek(key)
+        _check_licence(header, now, policy)
+        return dek
+    if not is_hpke_recipient(key):
+        raise RecipientMismatchError("an issued (hpke) package needs a device key, not a KEK")
+    if policy.issuers is None or policy.audience is None:
+        raise UsageError("opening an issued package needs pinned issuers and an audience")
+    framing.verify_signature(policy.issuers)
     claims = header.claims
-    if header.rtype is RType.HPKE:
-        if not is_hpke_recipient(key):
-            raise RecipientMismatchError("an issued (hpke) package needs a device key, not a KEK")
-        if policy.issuers is None or policy.audience is None:
-            raise UsageError("opening an issued package needs pinned issuers and an audience")
-        framing.verify_signature(policy.issuers)
-        if claims is None:  # Header validation guarantees claims for hpke.
-            raise UsageError("issued package without claims")
-        if claims.aud != policy.audience:
-            raise AudienceError("package audience does not match this device")
-        if now > claims.exp + policy.leeway_seconds:
-            raise ExpiredError(f"package expired at {claims.exp} (now {now})")
-    elif is_hpke_recipient(key):
-        raise RecipientMismatchError("an at-rest (kek) package needs a KEK")
-    if claims is not None and claims.lexp is not None and now > claims.lexp + policy.leeway_seconds:
-        raise LicenceExpiredError(
-            f"licence expired at {claims.lexp} (now {now}); fetch the model again"
-        )
-    if is_hpke_recipient(key):
-        if header.kem != key.kem or header.rcpt != key.kid:
-            raise RecipientMismatchError("package is addressed to another device key")
-    elif header.rcpt != key.label:
-        raise RecipientMismatchError("package is wrapped under another KEK")
+    if claims is None:  # Header validation guarantees claims for hpke.
+        raise UsageError("issued package without claims")
+    if claims.aud != policy.audience:
+        raise AudienceError("package audience does not match this device")
+    if now > claims.exp + policy.leeway_seconds:
+        raise ExpiredError(f"package expired at {claims.exp} (now {now})")
+    _check_licence(header, now, policy)
+    if header.kem != key.kem or header.rcpt != key.kid:
+        raise RecipientMismatchError("package is addressed to another device key")
     return framing.unwrap_dek(key)
 
 
@@ -267,8 +277,13 @@ class Package:
         def read(segment: Segment, view: memoryview) -> None:
             if self._body_start is not None:
                 self._pread(BODY_PREFIX_BYTES + segment.first * ENCRYPTED_CHUNK_BYTES, view)
-            elif read_fully(self._src, view) != len(view):
+                return
+            if read_fully(self._src, view) != len(view):
                 raise BodyLengthError("body is shorter than its header's len")
+            # One-pass input: look one byte past the final chunk before it is opened,
+            # so a body longer than len is reported as such, not as a tag failure.
+            if segment.final and self._src.read(1):
+                raise BodyLengthError("data follows the final chunk")
 
         def transform(segment: Segment, data: memoryview, out: memoryview) -> int:
             return self._cipher.decrypt_chunks(segment.first, data, out, final=segment.final)
@@ -284,8 +299,6 @@ class Package:
                 overlap_io=overlap_io,
                 progress=progress,
             )
-            if self._body_start is None and self._src.read(1):
-                raise BodyLengthError("data follows the final chunk")
         except ModelSealError as exc:
             raise self._fail(exc) from None
         return self.length
@@ -307,10 +320,26 @@ class Package:
         return self.length
 
     def read_all(self) -> bytes:
-        """Decrypt and return the whole plaintext, only after every chunk has verified."""
-        out = bytearray(self.length)
-        self.readinto(out)
-        return bytes(out)
+        """Decrypt and return the whole plaintext, only after every chunk has verified.
+
+        For seekable input the body's size was checked against ``len`` when the
+        package was opened, so the output is allocated at once. A one-pass stream
+        grows the output with the verified segments instead, so that a ``len`` the
+        stream cannot back never turns into one huge allocation.
+        """
+        if self._body_start is not None:
+            out = bytearray(self.length)
+            self.readinto(out)
+            return bytes(out)
+        sink = io.BytesIO()
+        try:
+            self.decrypt_to(sink, overlap_io=False)
+        except BaseException:
+            view = sink.getbuffer()
+            view[:] = bytes(len(view))
+            view.release()
+            raise
+        return sink.getvalue()
 
 
 class _BufferSink:
