@@ -47,6 +47,7 @@ from modelseal.errors import (
     UsageError,
     VerificationError,
 )
+from modelseal.server.cli import admin_app, server_app
 
 __all__ = [
     "EXIT_CLAIMS",
@@ -199,6 +200,8 @@ app.command("seal")(envelope_cmd.seal_command)
 app.command("open")(envelope_cmd.open_command)
 app.command("inspect")(envelope_cmd.inspect_command)
 app.command("demo")(demo_cmd.demo)
+app.add_typer(server_app, name="server")
+app.add_typer(admin_app, name="admin")
 
 
 def main() -> None:

@@ -1,0 +1,149 @@
+"""Mapping of errors to HTTP responses: ``{"error": {"code": ..., "message": ...}}``.
+
+This is the only place that knows which status each error class gets.
+"""
+
+from __future__ import annotations
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modelseal.errors import (
+    ClaimsError,
+    FormatError,
+    KeyFormatError,
+    ModelSealError,
+    UsageError,
+    VerificationError,
+)
+from modelseal.server.api.schemas import ErrorBody
+from modelseal.server.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConflictError,
+    DeviceRevokedError,
+    LinkExpiredError,
+    LinkInvalidError,
+    LinkUsedError,
+    LinkWrongDeviceError,
+    NotFoundError,
+    ObjectGoneError,
+    RangeNotSatisfiableError,
+    TooManyLinksError,
+    UnknownModelError,
+)
+
+__all__ = ["ERROR_RESPONSES", "STATUS_BY_ERROR", "error_response", "install_error_handlers"]
+
+_log = structlog.get_logger("modelseal.server.api")
+
+STATUS_BY_ERROR: dict[type[ModelSealError], int] = {
+    AuthenticationError: 401,
+    NotFoundError: 404,
+    UnknownModelError: 404,
+    ConflictError: 409,
+    DeviceRevokedError: 403,
+    TooManyLinksError: 429,
+    LinkInvalidError: 403,
+    LinkWrongDeviceError: 403,
+    LinkExpiredError: 410,
+    LinkUsedError: 410,
+    ObjectGoneError: 410,
+    RangeNotSatisfiableError: 416,
+    KeyFormatError: 422,
+    FormatError: 422,
+    VerificationError: 422,
+    ClaimsError: 422,
+    UsageError: 500,
+    ConfigurationError: 500,
+}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorBody, "description": "unauthenticated"},
+    404: {"model": ErrorBody, "description": "not_found (also: not the caller's)"},
+    422: {"model": ErrorBody, "description": "invalid_request: the message names the field"},
+}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The one error body shape."""
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def _status_for(exc: ModelSealError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 400
+
+
+async def _modelseal_error(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, ModelSealError):  # registered for this class only
+        raise exc
+    status = _status_for(exc)
+    headers: dict[str, str] = {}
+    if isinstance(exc, AuthenticationError):
+        headers["WWW-Authenticate"] = 'Bearer realm="modelseal"'
+    if isinstance(exc, RangeNotSatisfiableError) and exc.total is not None:
+        headers["Content-Range"] = f"bytes */{exc.total}"
+    if status >= 500:
+        _log.error("server_error", code=exc.code, error_type=type(exc).__name__)
+        return error_response(500, "internal_error", "internal server error")
+    return error_response(status, exc.code, exc.message, headers or None)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, RequestValidationError):  # registered for this class only
+        raise exc
+    errors = exc.errors()
+    if not errors:
+        return error_response(422, "invalid_request", "invalid request")
+    first = errors[0]
+    location = [str(part) for part in first.get("loc", ())]
+    if location and location[0] in ("body", "query", "path", "header"):
+        where = location[0] + (" field " + ".".join(location[1:]) if location[1:] else "")
+    else:
+        where = ".".join(location) or "request"
+    message = f"{where}: {first.get('msg', 'invalid')}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more)"
+    # Input values are never echoed: they may hold keys or tokens.
+    return error_response(422, "invalid_request", message)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, StarletteHTTPException):  # registered for this class only
+        raise exc
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    headers = dict(exc.headers) if exc.headers else None
+    message = exc.detail if isinstance(exc.detail, str) else code
+    return error_response(exc.status_code, code, message, headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    _log.error("unhandled_exception", error_type=type(exc).__name__, exc_info=exc)
+    return error_response(500, "internal_error", "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+    app.add_exception_handler(ModelSealError, _modelseal_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,67 @@
+"""The ASGI application: routers, middleware and error mapping, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from modelseal import __version__
+from modelseal.server.api import devices, downloads, imls, public
+from modelseal.server.api.errors import install_error_handlers
+from modelseal.server.api.middleware import BodyGuardMiddleware, RequestContextMiddleware
+from modelseal.server.clock import Clock
+from modelseal.server.container import Services, build_services
+from modelseal.server.jobs import JobRunner
+from modelseal.server.settings import Settings
+from modelseal.server.storage import BlobStore
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    blob_store: BlobStore | None = None,
+    job_runner: JobRunner | None = None,
+    services: Services | None = None,
+) -> FastAPI:
+    """Build the issuance server.
+
+    Building it prepares the data directory, the database (dev: upgraded to head;
+    production: refused if behind) and the keyring, and fails jobs a previous
+    process left unfinished. The sweeper starts with the app's lifespan.
+
+    Raises:
+        ConfigurationError: Settings, generators, keyring or schema are not usable.
+    """
+    if services is None:
+        services = build_services(
+            settings, clock=clock, blob_store=blob_store, job_runner=job_runner
+        )
+    services.issuance.fail_interrupted()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        services.sweeper.start()
+        try:
+            yield
+        finally:
+            services.close()
+
+    app = FastAPI(
+        title="modelseal issuance server",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if settings.mode == "dev" else None,
+        redoc_url=None,
+    )
+    app.state.services = services
+    for module in (devices, imls, downloads, public):
+        app.include_router(module.router)
+    install_error_handlers(app)
+    app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,153 @@
+"""Errors of the issuance server, each with a stable ``code``.
+
+They extend the one hierarchy of :mod:`modelseal.errors`. Services raise them;
+only :mod:`modelseal.server.api.errors` knows which HTTP status each one maps to,
+so nothing below the API layer knows about HTTP.
+"""
+
+from __future__ import annotations
+
+from modelseal.errors import ModelSealError
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConflictError",
+    "DeviceKeyPinnedError",
+    "DeviceRevokedError",
+    "KeyAlreadyRegisteredError",
+    "LinkError",
+    "LinkExpiredError",
+    "LinkInvalidError",
+    "LinkUsedError",
+    "LinkWrongDeviceError",
+    "NotFoundError",
+    "ObjectGoneError",
+    "RangeNotSatisfiableError",
+    "SchemaOutdatedError",
+    "ServerError",
+    "TooManyLinksError",
+    "UnknownModelError",
+]
+
+
+class ServerError(ModelSealError):
+    """Base of the errors the issuance server raises on purpose."""
+
+    code = "server_error"
+
+
+class ConfigurationError(ServerError):
+    """The server's settings are missing, malformed or unsafe for the chosen mode."""
+
+    code = "config_invalid"
+
+
+class SchemaOutdatedError(ConfigurationError):
+    """The database schema is behind the code's migrations (production refuses to start)."""
+
+    code = "schema_outdated"
+
+
+class AuthenticationError(ServerError):
+    """No credentials, or credentials that did not verify.
+
+    The message says only that authentication failed, never which part.
+    """
+
+    code = "unauthenticated"
+
+
+class NotFoundError(ServerError):
+    """The object does not exist, or belongs to someone else (the two are not told apart)."""
+
+    code = "not_found"
+
+
+class UnknownModelError(ServerError):
+    """The requested model id is not declared in the settings."""
+
+    code = "unknown_model"
+
+
+class ConflictError(ServerError):
+    """The request conflicts with state the server keeps pinned."""
+
+    code = "conflict"
+
+
+class KeyAlreadyRegisteredError(ConflictError):
+    """The device public key is already pinned to another device or user."""
+
+    code = "key_already_registered"
+
+
+class DeviceKeyPinnedError(ConflictError):
+    """The device id is pinned to another key (rotation = revoke + new device id)."""
+
+    code = "device_key_pinned"
+
+
+class DeviceRevokedError(ServerError):
+    """The device has been revoked and can neither request nor download."""
+
+    code = "device_revoked"
+
+
+class TooManyLinksError(ServerError):
+    """The issuance has had as many download links as the server mints for one object."""
+
+    code = "too_many_links"
+
+
+class LinkError(ServerError):
+    """A download link was refused."""
+
+    code = "link_refused"
+
+
+class LinkInvalidError(LinkError):
+    """The link token is malformed or its MAC does not verify."""
+
+    code = "link_invalid"
+
+
+class LinkExpiredError(LinkError):
+    """The link is past its expiry."""
+
+    code = "link_expired"
+
+
+class LinkUsedError(LinkError):
+    """The link has already delivered the whole object once."""
+
+    code = "link_used"
+
+
+class LinkWrongDeviceError(LinkError):
+    """The link is bound to another user or device than the caller's."""
+
+    code = "link_wrong_device"
+
+
+class ObjectGoneError(LinkError):
+    """The stored package was acknowledged or swept and no longer exists."""
+
+    code = "object_gone"
+
+
+class RangeNotSatisfiableError(ServerError):
+    """The ``Range`` header is malformed, multi-range, or outside the object.
+
+    Attributes:
+        total: The object's size, for ``Content-Range: bytes */total``.
+    """
+
+    code = "range_not_satisfiable"
+
+    def __init__(self, message: str, total: int | None = None) -> None:
+        super().__init__(message)
+        self.total = total
+
+    def __reduce__(self) -> tuple[type[RangeNotSatisfiableError], tuple[str, int | None]]:  # type: ignore[override]
+        return (type(self), (self.message, self.total))

@@ -1,0 +1,5 @@
+"""Job runners: where IML generation and sealing run, off the request path."""
+
+from modelseal.server.jobs.runner import InProcessJobRunner, JobRunner
+
+__all__ = ["InProcessJobRunner", "JobRunner"]

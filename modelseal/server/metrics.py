@@ -1,0 +1,48 @@
+"""Prometheus metrics, one registry per app (so tests and apps never share counters)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """The server's metrics.
+
+    Attributes:
+        registry: The registry served at ``/metrics``.
+        issuances_total: Packages sealed and stored, by model.
+        downloads_total: Downloads that delivered a whole object.
+        access_errors_total: Refused downloads and other access errors, by reason.
+        job_latency_seconds: Time from job start to ready/failed.
+        jobs_in_flight: Jobs currently generating or sealing.
+    """
+
+    def __init__(self) -> None:
+        """Create a fresh registry and its metrics."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.issuances_total = Counter(
+            "issuances", "Packages sealed and stored", ["model"], registry=self.registry
+        )
+        self.downloads_total = Counter(
+            "downloads", "Downloads that delivered a whole object", registry=self.registry
+        )
+        self.access_errors_total = Counter(
+            "access_errors", "Refused accesses, by reason", ["reason"], registry=self.registry
+        )
+        self.job_latency_seconds = Histogram(
+            "job_latency_seconds",
+            "Generation + sealing time of one job",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.jobs_in_flight = Gauge(
+            "jobs_in_flight", "Jobs generating or sealing now", registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

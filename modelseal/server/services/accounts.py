@@ -1,0 +1,349 @@
+"""Accounts and authentication: built-in API tokens, or OIDC bearer JWTs.
+
+API tokens look like ``ms_<token_id>_<secret>``. The server stores an Argon2id hash
+of the secret, looks it up by ``token_id`` and verifies in constant time. An unknown
+or revoked ``token_id`` is verified against a dummy hash, so response time does not
+tell which tokens exist.
+
+OIDC mode accepts JWTs shaped like Firebase ID tokens (``iss``, ``aud``, ``exp``,
+``sub``), verified with PyJWT against a JWKS file or URL under an allow-list of
+asymmetric algorithms. Each ``(iss, sub)`` maps to one user row, created on first
+sight. Packages carry neither: users appear in them only by a random ``subject``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jwt
+import structlog
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from modelseal.server.clock import Clock
+from modelseal.server.db.models import ApiToken, User
+from modelseal.server.db.session import SessionFactory
+from modelseal.server.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+)
+from modelseal.server.settings import AuthSettings
+
+__all__ = [
+    "LOCAL_PROVIDER",
+    "AccountService",
+    "Authenticator",
+    "OIDCAuthenticator",
+    "Principal",
+    "TokenAuthenticator",
+    "UserInfo",
+    "new_subject",
+]
+
+_log = structlog.get_logger("modelseal.server.accounts")
+LOCAL_PROVIDER = "local"
+TOKEN_PREFIX = "ms_"  # noqa: S105 - a prefix, not a secret
+_TOKEN_ID = re.compile(r"[0-9a-f]{16}")
+_SECRET = re.compile(r"[A-Za-z0-9_-]{32,128}")
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+MAX_BEARER_CHARS = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller.
+
+    Attributes:
+        user_id: Database id of the user.
+        subject: Pseudonymous id written to packages (``sub``).
+        name: Account name (built-in accounts) or None.
+    """
+
+    user_id: int
+    subject: str
+    name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """A user as shown to operators."""
+
+    id: int
+    name: str | None
+    subject: str
+    provider: str
+    created_at: int
+
+
+class Authenticator(Protocol):
+    """Turns a bearer credential into a :class:`Principal`."""
+
+    def authenticate(self, credential: str) -> Principal:
+        """Verify ``credential``; raise :class:`AuthenticationError` if it does not verify."""
+        ...
+
+
+def new_subject() -> str:
+    """A fresh pseudonymous user id."""
+    return "u_" + secrets.token_hex(16)
+
+
+def _hasher(settings: AuthSettings) -> PasswordHasher:
+    return PasswordHasher(
+        time_cost=settings.argon2_time_cost,
+        memory_cost=settings.argon2_memory_kib,
+        parallelism=settings.argon2_parallelism,
+        type=Type.ID,
+    )
+
+
+def _principal(user: User) -> Principal:
+    return Principal(user_id=user.id, subject=user.subject, name=user.name)
+
+
+class TokenAuthenticator:
+    """Verifies built-in ``ms_`` API tokens."""
+
+    def __init__(self, sessions: SessionFactory, settings: AuthSettings) -> None:
+        """Verify against the tokens stored through ``sessions``."""
+        self._sessions = sessions
+        self._hasher = _hasher(settings)
+        # A hash of a random secret with the same parameters: misses cost the same.
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(32))
+
+    def authenticate(self, credential: str) -> Principal:
+        """Verify an ``ms_<token_id>_<secret>`` token."""
+        token_id, secret = _split_token(credential)
+        with self._sessions() as session:
+            row = session.execute(
+                select(ApiToken, User)
+                .join(User, User.id == ApiToken.user_id)
+                .where(ApiToken.token_id == token_id)
+            ).first()
+        usable = row is not None and row[0].revoked_at is None and row[1].disabled_at is None
+        stored = row[0].secret_hash if row is not None and usable else self._dummy_hash
+        try:
+            self._hasher.verify(stored, secret)
+        except (VerificationError, InvalidHashError):
+            raise AuthenticationError("authentication failed") from None
+        if row is None or not usable:
+            raise AuthenticationError("authentication failed")
+        return _principal(row[1])
+
+
+def _split_token(credential: str) -> tuple[str, str]:
+    # The secret may contain '_', the token id never does: split at most twice.
+    prefix, _, rest = credential.partition(TOKEN_PREFIX)
+    token_id, _, secret = rest.partition("_")
+    if prefix or not _TOKEN_ID.fullmatch(token_id) or not _SECRET.fullmatch(secret):
+        # Still spend one hash, so malformed tokens cost what real ones do.
+        token_id, secret = "0" * 16, "x" * 43
+    return token_id, secret
+
+
+class OIDCAuthenticator:
+    """Verifies OIDC ID tokens / JWT bearer tokens and provisions their users."""
+
+    def __init__(self, sessions: SessionFactory, settings: AuthSettings, clock: Clock) -> None:
+        """Configure from ``settings`` (``mode = "oidc"``).
+
+        Raises:
+            ConfigurationError: The JWKS file is unreadable or not a JWK Set.
+        """
+        if settings.oidc_issuer is None or settings.oidc_audience is None:
+            raise ConfigurationError("oidc mode requires auth.oidc_issuer and oidc_audience")
+        self._sessions = sessions
+        self._clock = clock
+        self._issuer = settings.oidc_issuer
+        self._audience = settings.oidc_audience
+        self._algorithms = list(settings.oidc_algorithms)
+        self._leeway = settings.oidc_leeway_seconds
+        self._client: jwt.PyJWKClient | None = None
+        self._keys: dict[str, jwt.PyJWK] = {}
+        if settings.oidc_jwks_file is not None:
+            try:
+                document = json.loads(settings.oidc_jwks_file.read_text("utf-8"))
+                jwk_set = jwt.PyJWKSet.from_dict(document)
+            except (OSError, ValueError, jwt.PyJWTError) as exc:
+                raise ConfigurationError(
+                    f"auth.oidc_jwks_file {settings.oidc_jwks_file}: {exc}"
+                ) from None
+            self._keys = {k.key_id: k for k in jwk_set.keys if k.key_id}
+        elif settings.oidc_jwks_url is None:
+            raise ConfigurationError("oidc mode requires auth.oidc_jwks_url or oidc_jwks_file")
+        else:
+            self._client = jwt.PyJWKClient(
+                settings.oidc_jwks_url,
+                cache_jwk_set=True,
+                lifespan=max(settings.oidc_jwks_cache_seconds, 1),
+                timeout=5,
+            )
+
+    def _signing_key(self, token: str, header: dict[str, Any]) -> Any:
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise AuthenticationError("authentication failed")
+        if self._client is not None:
+            return self._client.get_signing_key_from_jwt(token).key
+        key = self._keys.get(kid)
+        if key is None:
+            raise AuthenticationError("authentication failed")
+        return key.key
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """Verify the JWT and return its claims.
+
+        Raises:
+            AuthenticationError: Signature, algorithm, issuer, audience or time checks failed.
+        """
+        if len(token) > MAX_BEARER_CHARS:
+            raise AuthenticationError("authentication failed")
+        try:
+            header = jwt.get_unverified_header(token)
+            if header.get("alg") not in self._algorithms:
+                raise AuthenticationError("authentication failed")
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=self._signing_key(token, header),
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.PyJWTError:
+            raise AuthenticationError("authentication failed") from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not 0 < len(subject) <= 256:
+            raise AuthenticationError("authentication failed")
+        return claims
+
+    def authenticate(self, credential: str) -> Principal:
+        """Verify the JWT and return its (possibly new) user."""
+        claims = self.verify(credential)
+        return self._provision(claims["iss"], claims["sub"])
+
+    def _provision(self, issuer: str, subject: str) -> Principal:
+        query = select(User).where(User.provider == issuer, User.provider_subject == subject)
+        for _attempt in range(2):
+            with self._sessions.begin() as session:
+                user = session.scalars(query).first()
+                if user is not None:
+                    if user.disabled_at is not None:
+                        raise AuthenticationError("authentication failed")
+                    return _principal(user)
+            try:
+                with self._sessions.begin() as session:
+                    user = User(
+                        subject=new_subject(),
+                        name=None,
+                        provider=issuer,
+                        provider_subject=subject,
+                        created_at=int(self._clock()),
+                    )
+                    session.add(user)
+                    session.flush()
+                    _log.info("user_provisioned", user_id=user.id)
+                    return _principal(user)
+            except IntegrityError:
+                continue  # another request provisioned the same subject first
+        raise AuthenticationError("authentication failed")
+
+
+class AccountService:
+    """Operator actions on built-in accounts and tokens."""
+
+    def __init__(self, sessions: SessionFactory, settings: AuthSettings, clock: Clock) -> None:
+        """Store through ``sessions``; hash with ``settings``' Argon2id parameters."""
+        self._sessions = sessions
+        self._hasher = _hasher(settings)
+        self._clock = clock
+
+    def _issue_token(self, session: Session, user: User) -> str:
+        token_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        session.add(
+            ApiToken(
+                token_id=token_id,
+                user_id=user.id,
+                secret_hash=self._hasher.hash(secret),
+                created_at=int(self._clock()),
+            )
+        )
+        return f"{TOKEN_PREFIX}{token_id}_{secret}"
+
+    def create_user(self, name: str) -> tuple[UserInfo, str]:
+        """Create a built-in account and its first API token (returned once, never stored).
+
+        Raises:
+            ConflictError: The name is taken.
+            ValueError: The name is malformed.
+        """
+        if not _USER_NAME.fullmatch(name):
+            raise ValueError(f"user name must match {_USER_NAME.pattern}, got {name!r}")
+        try:
+            with self._sessions.begin() as session:
+                user = User(
+                    subject=new_subject(),
+                    name=name,
+                    provider=LOCAL_PROVIDER,
+                    provider_subject=name,
+                    created_at=int(self._clock()),
+                )
+                session.add(user)
+                session.flush()
+                token = self._issue_token(session, user)
+                info = _info(user)
+        except IntegrityError:
+            raise ConflictError(f"user {name!r} already exists") from None
+        return info, token
+
+    def _user_by_name(self, session: Session, name: str) -> User:
+        user = session.scalars(select(User).where(User.name == name)).first()
+        if user is None:
+            raise NotFoundError(f"no user named {name!r}")
+        return user
+
+    def create_token(self, name: str) -> str:
+        """Create another API token for user ``name``."""
+        with self._sessions.begin() as session:
+            return self._issue_token(session, self._user_by_name(session, name))
+
+    def revoke_token(self, token_id: str) -> None:
+        """Revoke the token whose id is ``token_id`` (the part after ``ms_``)."""
+        with self._sessions.begin() as session:
+            row = session.scalars(select(ApiToken).where(ApiToken.token_id == token_id)).first()
+            if row is None:
+                raise NotFoundError(f"no token {token_id!r}")
+            if row.revoked_at is None:
+                row.revoked_at = int(self._clock())
+
+    def list_tokens(self, name: str) -> list[tuple[str, int, int | None]]:
+        """(token_id, created_at, revoked_at) of user ``name``'s tokens."""
+        with self._sessions() as session:
+            user = self._user_by_name(session, name)
+            rows = session.scalars(select(ApiToken).where(ApiToken.user_id == user.id))
+            return [(r.token_id, r.created_at, r.revoked_at) for r in rows]
+
+    def list_users(self) -> list[UserInfo]:
+        """All users."""
+        with self._sessions() as session:
+            return [_info(u) for u in session.scalars(select(User).order_by(User.id))]
+
+    def find_user(self, name: str) -> UserInfo:
+        """The built-in user ``name``."""
+        with self._sessions() as session:
+            return _info(self._user_by_name(session, name))
+
+
+def _info(user: User) -> UserInfo:
+    return UserInfo(user.id, user.name, user.subject, user.provider, user.created_at)
