@@ -5,10 +5,10 @@ input key (the DEK), a 24-byte random salt and a context, with a 32-byte key
 commitment. Chunk ``i`` uses the nonce ``base_nonce XOR i`` and empty AAD; the
 final chunk is always shorter than 16 KiB, possibly empty.
 
-This module works on buffers: the callers (:mod:`modelseal.envelope.stream` and
-:mod:`modelseal.envelope.reader`) own the I/O. Every chunk call writes into a
-caller-provided buffer with ``encrypt_into``/``decrypt_into``, so nothing is
-allocated per chunk.
+This module works on buffers: the callers (:mod:`modelseal.envelope.seal`,
+:mod:`modelseal.envelope.reader` and :mod:`modelseal.envelope.pipeline`) own the
+I/O. Every chunk call writes into a caller-provided buffer with
+``encrypt_into``/``decrypt_into``, so nothing is allocated per chunk.
 """
 
 from __future__ import annotations

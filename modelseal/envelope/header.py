@@ -1,4 +1,4 @@
-"""The container header (FORMAT §3): strict I-JSON parsing, validation and encoding.
+"""The container header (docs/FORMAT.md §4): strict I-JSON parsing, validation and encoding.
 
 Parsing refuses, before any cryptographic call: invalid UTF-8, a byte-order
 mark, duplicate member names at any depth, ``NaN``/``Infinity``, integers
@@ -316,7 +316,7 @@ def parse_header(data: bytes) -> Header:
     """Parse and validate header bytes.
 
     Raises:
-        HeaderError: The header is not valid (FORMAT §3).
+        HeaderError: The header is not valid (docs/FORMAT.md §4).
         UnsupportedSuiteError: The HPKE suite is not one FORMAT v1 accepts.
         UnsupportedAlgorithmError: The signature algorithm is not Ed25519 or ES256.
     """

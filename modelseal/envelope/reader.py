@@ -1,7 +1,7 @@
 """Opening: verify a FORMAT v1 package and decrypt it, whole, streamed, or by random access.
 
 Checks run in this order, and each failure raises its own error class before
-any later step runs (FORMAT §9):
+any later step runs (docs/FORMAT.md §10 and §12):
 
 1. framing: magic, ``header_len``, header, suite/alg, ``enc_len``, ``wrap_len``,
    ``sig_len`` (no cryptography yet); then the kind of key offered must suit the
@@ -364,7 +364,7 @@ def open_stream(src: BinaryIO, key: Key, policy: OpenPolicy) -> Package:
     it is read.
 
     Raises:
-        Any :class:`~modelseal.errors.ModelSealError` of FORMAT §9.
+        Any :class:`~modelseal.errors.ModelSealError` of docs/FORMAT.md §12.
     """
     try:
         seekable = src.seekable()
@@ -505,7 +505,7 @@ def inspect(src: BinaryIO) -> PackageInfo:
     """Parse the framing of a package without verifying or decrypting anything.
 
     Raises:
-        The framing errors of FORMAT §9 (bad magic, lengths, header).
+        The framing errors of docs/FORMAT.md §12 (bad magic, lengths, header).
     """
     try:
         seekable = src.seekable()

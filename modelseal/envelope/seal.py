@@ -105,10 +105,14 @@ def _header_for(to: Destination, length: int, ctype: str) -> Header:
     return Header(rtype=RType.KEK, rcpt=to.kek.label, length=length, ctype=ctype, claims=to.claims)
 
 
-def _start(to: Destination, length: int, ctype: str) -> tuple[Header, bytes, BodyCipher, str]:
-    """Build everything before the body; return (header, bytes before body, cipher, id)."""
+def _check_length(length: int) -> None:
     if not 0 <= length <= MAX_PLAINTEXT_BYTES:
         raise UsageError(f"plaintext length must be 0..2^52-1, got {length}")
+
+
+def _start(to: Destination, length: int, ctype: str) -> tuple[Header, bytes, BodyCipher, str]:
+    """Build everything before the body; return (header, bytes before body, cipher, id)."""
+    _check_length(length)
     header = _header_for(to, length, ctype)
     prelude = encode_prelude(header)
     dek = os.urandom(DEK_BYTES)
@@ -125,7 +129,12 @@ def _start(to: Destination, length: int, ctype: str) -> tuple[Header, bytes, Bod
 
 
 def sealed_size(to: Destination, length: int, ctype: str = DEFAULT_CTYPE) -> int:
-    """The exact container size for a plaintext of ``length`` bytes."""
+    """The exact container size for a plaintext of ``length`` bytes.
+
+    Raises:
+        UsageError: ``length`` is outside 0..2^52-1.
+    """
+    _check_length(length)
     header = _header_for(to, length, ctype)
     head = len(encode_prelude(header))
     if isinstance(to, IssueTo):

@@ -583,10 +583,13 @@ def _kek_cases() -> Iterator[Case]:
         **common,
     )
     yield Case("kek-len-zero", {**at_rest, "len": 0}, BodyLengthError, AFTER_UNWRAP, **common)
+    # An at-rest header is authenticated only by the KEK unwrap (its AAD binds H), so
+    # its licence is judged after the unwrap, never on unauthenticated bytes.
     yield Case(
         "kek-licence-expired",
         {**at_rest, "claims": {**issued["claims"], "lexp": NOW - LEEWAY - 1}},
         LicenceExpiredError,
+        AFTER_UNWRAP,
         **common,
     )
 
