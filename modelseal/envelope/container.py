@@ -24,6 +24,7 @@ from modelseal.errors import (
     HeaderLengthError,
     SigLengthError,
     TruncatedError,
+    UsageError,
     WrapLengthError,
 )
 from modelseal.keys.issuer import IssuerKeySet, Signer
@@ -164,6 +165,8 @@ def _read_upto(src: BinaryIO, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
         piece = src.read(size - len(data))
+        if piece is None:
+            raise UsageError("non-blocking streams are not supported")
         if not piece:
             break
         data += piece

@@ -237,6 +237,10 @@ def _parse_float(text: str) -> float:
 
 
 def _parse_int(text: str) -> int:
+    # Refuse long literals before int(): Python limits int() to 4300 digits, and
+    # nothing beyond 16 digits can be inside the I-JSON range anyway.
+    if len(text.lstrip("-")) > 16:
+        raise HeaderError(f"integer {text[:32]}... is outside the I-JSON range")
     value = int(text)
     if abs(value) > MAX_SAFE_INTEGER:
         raise HeaderError(f"integer {text[:32]} is outside the I-JSON range")
@@ -280,6 +284,8 @@ def _decode_json(data: bytes, *, depth: int = 0) -> dict[str, Any]:
         raise HeaderError(f"header is not JSON: {exc.msg} at offset {exc.pos}") from None
     except RecursionError:
         raise HeaderError(f"header nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # e.g. a number literal Python's int()/float() refuses
+        raise HeaderError(f"header holds an unparseable number: {str(exc)[:80]}") from None
     _check_tree(obj, depth)
     if not isinstance(obj, dict):
         raise HeaderError(f"header must be a JSON object, got {_json_type(obj)}")

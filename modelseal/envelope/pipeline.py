@@ -18,8 +18,17 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from modelseal.envelope.body import CHUNK_SIZE_BYTES, TAG_BYTES, chunk_count
+from modelseal.errors import UsageError
 
-__all__ = ["SEGMENT_CHUNKS", "Segment", "Sink", "plan_segments", "read_fully", "run_segments"]
+__all__ = [
+    "SEGMENT_CHUNKS",
+    "Segment",
+    "Sink",
+    "plan_segments",
+    "read_fully",
+    "run_segments",
+    "write_fully",
+]
 
 SEGMENT_CHUNKS = 256  # 4 MiB of plaintext per segment
 
@@ -62,15 +71,38 @@ def plan_segments(plaintext_length: int, segment_chunks: int = SEGMENT_CHUNKS) -
 
 
 def read_fully(src: BinaryIO, view: memoryview) -> int:
-    """``readinto`` until ``view`` is full or the input ends; return the bytes read."""
+    """``readinto`` until ``view`` is full or the input ends; return the bytes read.
+
+    Raises:
+        UsageError: ``src`` is a non-blocking stream with no data ready (``None``).
+    """
     got = 0
     size = len(view)
     while got < size:
         n = src.readinto(view[got:])  # type: ignore[attr-defined]
+        if n is None:
+            raise UsageError("non-blocking streams are not supported")
         if not n:
             break
         got += n
     return got
+
+
+def write_fully(dst: Sink, view: memoryview) -> None:
+    """Write all of ``view``: unbuffered files and sockets may accept only part of it.
+
+    A sink whose ``write`` returns ``None`` (a buffered or custom sink that takes
+    everything) is trusted to have written it all. A write that makes no progress
+    raises, so a full disk or a file-size limit is never a silent truncation.
+    """
+    done = 0
+    while done < len(view):
+        n = dst.write(view[done:])
+        if n is None:
+            return
+        if n <= 0:
+            raise OSError(f"write accepted no bytes after {done} of {len(view)}")
+        done += n
 
 
 def allocate(size: int) -> memoryview:

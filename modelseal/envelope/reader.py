@@ -19,8 +19,10 @@ from __future__ import annotations
 import io
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
+
+from typing_extensions import TypeIs
 
 from modelseal.envelope.atomic import AtomicOutput
 from modelseal.envelope.body import (
@@ -42,6 +44,7 @@ from modelseal.envelope.pipeline import (
     plan_segments,
     read_fully,
     run_segments,
+    write_fully,
 )
 from modelseal.errors import (
     AudienceError,
@@ -104,6 +107,10 @@ class OpenPolicy:
 Key = HPKERecipient | KEKWrapper
 
 
+def _is_kek(key: object) -> TypeIs[KEKWrapper]:
+    return isinstance(getattr(key, "label", None), str) and callable(getattr(key, "unwrap", None))
+
+
 def _check_licence(header: Header, now: int, policy: OpenPolicy) -> None:
     lexp = header.claims.lexp if header.claims is not None else None
     if lexp is not None and now > lexp + policy.leeway_seconds:
@@ -120,7 +127,7 @@ def _verify_and_unwrap(framing: Framing, key: Key, policy: OpenPolicy) -> bytes:
     header = framing.header
     now = policy.clock()
     if header.rtype is RType.KEK:
-        if is_hpke_recipient(key):
+        if not _is_kek(key):
             raise RecipientMismatchError("an at-rest (kek) package needs a KEK")
         if header.rcpt != key.label:
             raise RecipientMismatchError("package is wrapped under another KEK")
@@ -143,6 +150,18 @@ def _verify_and_unwrap(framing: Framing, key: Key, policy: OpenPolicy) -> bytes:
     if header.kem != key.kem or header.rcpt != key.kid:
         raise RecipientMismatchError("package is addressed to another device key")
     return framing.unwrap_dek(key)
+
+
+def _plain_file_descriptor(src: BinaryIO) -> int | None:
+    """The descriptor to ``pread`` from, only when it holds exactly the bytes ``src`` reads.
+
+    Wrappers such as ``gzip.GzipFile`` expose the descriptor of the file *under*
+    them, which holds other bytes; those are read through ``seek``/``readinto``.
+    """
+    raw = src.raw if isinstance(src, io.BufferedReader) else src
+    if isinstance(raw, io.FileIO):
+        return raw.fileno()
+    return None
 
 
 class Package:
@@ -194,9 +213,8 @@ class Package:
     def _pread(self, offset: int, view: memoryview) -> None:
         assert self._body_start is not None
         position = self._body_start + offset
-        try:
-            fileno = self._src.fileno()
-        except (OSError, io.UnsupportedOperation):
+        fileno = _plain_file_descriptor(self._src)
+        if fileno is None:
             self._src.seek(position)
             got = read_fully(self._src, view)
         else:
@@ -293,7 +311,7 @@ class Package:
                 plan_segments(self.length),
                 read=read,
                 transform=transform,
-                write=dst.write,
+                write=lambda view: write_fully(dst, view),
                 input_size=lambda s: s.ciphertext_bytes,
                 output_size=lambda s: s.plaintext_bytes,
                 overlap_io=overlap_io,
@@ -393,11 +411,11 @@ def open_stream(src: BinaryIO, key: Key, policy: OpenPolicy) -> Package:
 
 @dataclass(frozen=True, slots=True)
 class OpenedPackage:
-    """A fully verified package and its plaintext."""
+    """A fully verified package and its plaintext (kept out of ``repr``)."""
 
     header: Header
     package_id: str
-    plaintext: bytes
+    plaintext: bytes = field(repr=False)
 
 
 def _open_memory(

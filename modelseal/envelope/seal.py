@@ -35,6 +35,7 @@ from modelseal.envelope.pipeline import (
     plan_segments,
     read_fully,
     run_segments,
+    write_fully,
 )
 from modelseal.errors import UsageError
 from modelseal.keys.issuer import Signer
@@ -205,7 +206,7 @@ def seal_stream(
             does that for you.
     """
     header, head, cipher, package_id = _start(to, length, ctype)
-    dst.write(head)
+    write_fully(dst, memoryview(head))
     consumed = 0
 
     def read(segment: Segment, view: memoryview) -> None:
@@ -222,7 +223,7 @@ def seal_stream(
         plan_segments(length),
         read=read,
         transform=transform,
-        write=dst.write,
+        write=lambda view: write_fully(dst, view),
         input_size=lambda s: s.plaintext_bytes,
         output_size=lambda s: s.ciphertext_bytes,
         overlap_io=overlap_io,

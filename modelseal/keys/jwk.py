@@ -253,6 +253,8 @@ def _read_json(path: Path) -> Any:
         return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise KeyFormatError(f"key file {path} is not JSON: {exc}") from None
+    except (ValueError, RecursionError):
+        raise KeyFormatError(f"key file {path} holds JSON this loader refuses") from None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
