@@ -10,9 +10,14 @@ from fastapi import FastAPI
 from modelseal import __version__
 from modelseal.server.api import devices, downloads, imls, public
 from modelseal.server.api.errors import install_error_handlers
-from modelseal.server.api.middleware import BodyGuardMiddleware, RequestContextMiddleware
+from modelseal.server.api.middleware import (
+    BodyGuardMiddleware,
+    InFlightLimitMiddleware,
+    RequestContextMiddleware,
+)
 from modelseal.server.clock import Clock
 from modelseal.server.container import Services, build_services
+from modelseal.server.errors import OverloadedError
 from modelseal.server.jobs import JobRunner
 from modelseal.server.settings import Settings
 from modelseal.server.storage import BlobStore
@@ -62,6 +67,16 @@ def create_app(
     for module in (devices, imls, downloads, public):
         app.include_router(module.router)
     install_error_handlers(app)
+    # Outermost last: request id and log line, then load shedding (before any body is
+    # read), then the body guard.
     app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)
+    overloaded = services.metrics.rejected_requests_total.labels(reason=OverloadedError.code)
+    app.add_middleware(
+        InFlightLimitMiddleware,
+        limit=settings.max_in_flight_requests,
+        new_work_limit=min(settings.max_working_iml_requests, settings.max_in_flight_requests),
+        retry_after_seconds=settings.retry_after_seconds,
+        on_refusal=overloaded.inc,
+    )
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -148,7 +148,15 @@ def build_services(
         + settings.issuer_retire_leeway_seconds,
     )
     keyring.ensure()
-    runner = job_runner if job_runner is not None else InProcessJobRunner(settings.job_workers)
+    runner = (
+        job_runner
+        if job_runner is not None
+        else InProcessJobRunner(
+            settings.job_workers,
+            max_queued=settings.max_queued_jobs,
+            retry_after_seconds=settings.retry_after_seconds,
+        )
+    )
     events = EventService(sessions, clock)
     authenticator: Authenticator
     if settings.auth.mode == "oidc":

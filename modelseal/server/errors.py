@@ -23,9 +23,12 @@ __all__ = [
     "LinkWrongDeviceError",
     "NotFoundError",
     "ObjectGoneError",
+    "OverloadedError",
+    "QueueFullError",
     "RangeNotSatisfiableError",
     "SchemaOutdatedError",
     "ServerError",
+    "ShuttingDownError",
     "TooManyLinksError",
     "UnknownModelError",
 ]
@@ -151,3 +154,36 @@ class RangeNotSatisfiableError(ServerError):
 
     def __reduce__(self) -> tuple[type[RangeNotSatisfiableError], tuple[str, int | None]]:  # type: ignore[override]
         return (type(self), (self.message, self.total))
+
+
+class OverloadedError(ServerError):
+    """The server is at capacity and did nothing with the request; retry later.
+
+    Attributes:
+        retry_after_seconds: The delay to announce in ``Retry-After``.
+    """
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_seconds: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+    def __reduce__(self) -> tuple[type[OverloadedError], tuple[str, int]]:  # type: ignore[override]
+        return (type(self), (self.message, self.retry_after_seconds))
+
+
+class QueueFullError(OverloadedError):
+    """The job queue is full; no job was created or scheduled."""
+
+    code = "queue_full"
+
+
+class ShuttingDownError(OverloadedError, RuntimeError):
+    """The job runner is shut down (the process is stopping); nothing was scheduled.
+
+    Also a ``RuntimeError``: for code that drives a runner directly, using a closed
+    one is a lifecycle mistake.
+    """
+
+    code = "shutting_down"

@@ -19,6 +19,9 @@ class Metrics:
         access_errors_total: Refused downloads and other access errors, by reason.
         job_latency_seconds: Time from job start to ready/failed.
         jobs_in_flight: Jobs currently generating or sealing.
+        rejected_requests_total: Requests refused for capacity, by reason
+            (``overloaded``: too many requests in flight or working; ``queue_full``: job
+            queue full; ``shutting_down``: the job runner has stopped).
     """
 
     def __init__(self) -> None:
@@ -41,6 +44,12 @@ class Metrics:
         )
         self.jobs_in_flight = Gauge(
             "jobs_in_flight", "Jobs generating or sealing now", registry=self.registry
+        )
+        self.rejected_requests_total = Counter(
+            "rejected_requests",
+            "Requests refused for capacity, by reason",
+            ["reason"],
+            registry=self.registry,
         )
 
     def render(self) -> bytes:

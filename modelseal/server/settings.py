@@ -211,6 +211,15 @@ class Settings(BaseSettings):
         max_body_bytes: Largest accepted request body.
         max_links_per_issuance: Download links minted for one package at most.
         job_workers: Threads of the in-process job runner.
+        max_queued_jobs: Jobs allowed to wait for a job worker; beyond it an IML
+            request is refused (429 ``queue_full``) without creating a job.
+        max_in_flight_requests: Requests handled at once (downloads count until
+            their last byte); beyond it requests get 503 ``overloaded``. ``/healthz``
+            and ``/metrics`` are exempt.
+        max_working_iml_requests: Requests still being worked on (response not
+            started) from which a new IML request gets 503 ``overloaded``, so that
+            accepted work is finished first (capped at ``max_in_flight_requests``).
+        retry_after_seconds: The ``Retry-After`` of 429 and 503 refusals.
         sweep_interval_seconds: Period of the blob sweeper (0 disables it).
         auth: Authentication settings.
         models: Declared models.
@@ -240,6 +249,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1 << 20)
     max_links_per_issuance: int = Field(default=20, ge=1, le=1000)
     job_workers: int = Field(default=2, ge=1, le=64)
+    # Sized for two cores (docs/PERFORMANCE.md, "Issuance server"): one process peaks at
+    # about four issuances in progress at once, and admitting new IML requests only
+    # below four working requests kept goodput near that peak at three times overload.
+    # 64 in flight leaves room for downloads streaming to slow clients; 64 queued jobs
+    # of a 1 MiB model are about a second of work for two job workers.
+    max_queued_jobs: int = Field(default=64, ge=1, le=100_000)
+    max_in_flight_requests: int = Field(default=64, ge=1, le=10_000)
+    max_working_iml_requests: int = Field(default=4, ge=1, le=10_000)
+    retry_after_seconds: int = Field(default=1, ge=1, le=3600)
     sweep_interval_seconds: int = Field(default=3600, ge=0)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     models: Annotated[list[ModelSpec], Field(default_factory=list)]

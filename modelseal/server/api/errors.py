@@ -31,6 +31,8 @@ from modelseal.server.errors import (
     LinkWrongDeviceError,
     NotFoundError,
     ObjectGoneError,
+    OverloadedError,
+    QueueFullError,
     RangeNotSatisfiableError,
     TooManyLinksError,
     UnknownModelError,
@@ -53,6 +55,8 @@ STATUS_BY_ERROR: dict[type[ModelSealError], int] = {
     LinkUsedError: 410,
     ObjectGoneError: 410,
     RangeNotSatisfiableError: 416,
+    QueueFullError: 429,
+    OverloadedError: 503,
     KeyFormatError: 422,
     FormatError: 422,
     VerificationError: 422,
@@ -74,6 +78,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorBody, "description": "unauthenticated"},
     404: {"model": ErrorBody, "description": "not_found (also: not the caller's)"},
     422: {"model": ErrorBody, "description": "invalid_request: the message names the field"},
+    503: {"model": ErrorBody, "description": "overloaded: retry after Retry-After seconds"},
 }
 
 
@@ -102,6 +107,10 @@ async def _modelseal_error(request: Request, exc: Exception) -> JSONResponse:
         headers["WWW-Authenticate"] = 'Bearer realm="modelseal"'
     if isinstance(exc, RangeNotSatisfiableError) and exc.total is not None:
         headers["Content-Range"] = f"bytes */{exc.total}"
+    if isinstance(exc, OverloadedError):
+        # A refusal for capacity, not a fault: the client is told when to come back.
+        headers["Retry-After"] = str(exc.retry_after_seconds)
+        return error_response(status, exc.code, exc.message, headers)
     if status >= 500:
         _log.error("server_error", code=exc.code, error_type=type(exc).__name__)
         return error_response(500, "internal_error", "internal server error")

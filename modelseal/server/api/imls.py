@@ -8,14 +8,18 @@ from fastapi import APIRouter, Path, Response, status
 
 from modelseal.server.api.deps import CurrentPrincipal, ServicesDep
 from modelseal.server.api.errors import ERROR_RESPONSES
-from modelseal.server.api.schemas import IMLRequest, JobOut
+from modelseal.server.api.schemas import ErrorBody, IMLRequest, JobOut
 
 router = APIRouter(prefix="/v1", tags=["imls"], responses=ERROR_RESPONSES)
 
 IdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
-@router.post("/imls", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/imls",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={429: {"model": ErrorBody, "description": "queue_full: retry after Retry-After"}},
+)
 def request_iml(body: IMLRequest, principal: CurrentPrincipal, services: ServicesDep) -> JobOut:
     """Queue the generation of an IML for one of the caller's devices."""
     return JobOut.of(services.issuance.request(principal, body.model_id, body.device_id))

@@ -1,6 +1,8 @@
-"""Pure ASGI middleware: request ids and the one log line per request; body guards.
+"""Pure ASGI middleware: request ids and the one log line per request; load shedding;
+body guards.
 
 Pure ASGI (not BaseHTTPMiddleware) so streamed downloads pass through untouched.
+Every refusal made here has the API's error body ``{"error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from typing import Any
 
 import structlog
 
-__all__ = ["BodyGuardMiddleware", "RequestContextMiddleware"]
+from modelseal.server.errors import OverloadedError
+
+__all__ = [
+    "EXEMPT_FROM_LIMIT",
+    "NEW_WORK",
+    "BodyGuardMiddleware",
+    "InFlightLimitMiddleware",
+    "RequestContextMiddleware",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,6 +36,10 @@ _log = structlog.get_logger("modelseal.server.http")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _JSON_TYPE = re.compile(r"application/(?:[a-z0-9.+-]+\+)?json", re.IGNORECASE)
+# Probes must still answer while the server sheds load: that is when they matter.
+EXEMPT_FROM_LIMIT = frozenset({"/healthz", "/metrics"})
+# Requests that start work the server must then finish (generate, seal, deliver).
+NEW_WORK = frozenset({("POST", "/v1/imls")})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -35,7 +49,13 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+async def _send_error(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     await send(
         {
@@ -44,6 +64,7 @@ async def _send_error(send: Send, status: int, code: str, message: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *(headers or []),
             ],
         }
     )
@@ -96,6 +117,109 @@ class RequestContextMiddleware:
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
             structlog.contextvars.unbind_contextvars("request_id")
+
+
+class InFlightLimitMiddleware:
+    """Shed load: 503 ``overloaded`` (with ``Retry-After``) instead of an ever longer wait.
+
+    Two counts are kept. *In flight*: requests admitted and not finished, a download
+    until its last byte; from ``limit`` on every request is refused. *Working*: requests
+    admitted whose response has not started yet, that is, whose handler is still
+    deciding or computing; from ``new_work_limit`` on, requests that start new work
+    (``new_work``: an IML request, which commits the server to generate, seal and
+    deliver) are refused. Under overload the server so finishes the work it accepted
+    (job polls, downloads, acknowledgements) instead of accepting more than it can
+    finish, and downloads streaming to slow clients do not block new requests.
+
+    Refused requests are turned away before their body is read or anything is looked
+    up, so shedding costs almost nothing. Paths in ``exempt`` are never refused. The
+    counts live in the event loop's thread and change only between awaits, so they
+    need no lock; each server process has its own.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        retry_after_seconds: int = 1,
+        *,
+        new_work_limit: int | None = None,
+        new_work: frozenset[tuple[str, str]] = NEW_WORK,
+        exempt: frozenset[str] = EXEMPT_FROM_LIMIT,
+        on_refusal: Callable[[], None] | None = None,
+    ) -> None:
+        """Wrap ``app``.
+
+        Args:
+            app: The application.
+            limit: Requests allowed in flight at once (>= 1).
+            retry_after_seconds: The ``Retry-After`` of a refusal.
+            new_work_limit: Working requests from which ``new_work`` is refused
+                (1..``limit``; default ``limit``).
+            new_work: ``(method, path)`` pairs that start new work.
+            exempt: Exact paths that bypass the limits.
+            on_refusal: Called once per refused request (metrics).
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        new_work_limit = limit if new_work_limit is None else new_work_limit
+        if not 1 <= new_work_limit <= limit:
+            raise ValueError(f"new_work_limit must be 1..{limit}, got {new_work_limit}")
+        self.app = app
+        self.limit = limit
+        self.new_work_limit = new_work_limit
+        self.new_work = new_work
+        self.exempt = exempt
+        self.on_refusal = on_refusal
+        self._retry_after = str(retry_after_seconds).encode()
+        self._in_flight = 0
+        self._working = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted and not finished."""
+        return self._in_flight
+
+    @property
+    def working(self) -> int:
+        """Requests admitted whose response has not started."""
+        return self._working
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection scope."""
+        path = scope.get("path")
+        if scope["type"] != "http" or path in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        starts_work = (scope.get("method"), path) in self.new_work
+        if self._in_flight >= self.limit or (starts_work and self._working >= self.new_work_limit):
+            if self.on_refusal is not None:
+                self.on_refusal()
+            await _send_error(
+                send,
+                503,
+                OverloadedError.code,
+                "the server is at capacity; retry after the Retry-After delay",
+                [(b"retry-after", self._retry_after)],
+            )
+            return
+        working = True
+
+        async def send_and_track(message: Message) -> None:
+            nonlocal working
+            if working and message["type"] == "http.response.start":
+                working = False
+                self._working -= 1
+            await send(message)
+
+        self._in_flight += 1
+        self._working += 1
+        try:
+            await self.app(scope, receive, send_and_track)
+        finally:
+            self._in_flight -= 1
+            if working:
+                self._working -= 1
 
 
 class BodyGuardMiddleware:

@@ -1,5 +1,5 @@
 """Job runners: where IML generation and sealing run, off the request path."""
 
-from modelseal.server.jobs.runner import InProcessJobRunner, JobRunner
+from modelseal.server.jobs.runner import InProcessJobRunner, JobRunner, JobSlot
 
-__all__ = ["InProcessJobRunner", "JobRunner"]
+__all__ = ["InProcessJobRunner", "JobRunner", "JobSlot"]

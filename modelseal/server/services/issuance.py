@@ -23,7 +23,12 @@ from modelseal.keys import RecipientPublicKey, jwk_to_key
 from modelseal.server.clock import Clock
 from modelseal.server.db.models import Device, Issuance, Job, User
 from modelseal.server.db.session import SessionFactory
-from modelseal.server.errors import DeviceRevokedError, NotFoundError, UnknownModelError
+from modelseal.server.errors import (
+    DeviceRevokedError,
+    NotFoundError,
+    OverloadedError,
+    UnknownModelError,
+)
 from modelseal.server.generators import GenerationRequest, Generator
 from modelseal.server.jobs import JobRunner
 from modelseal.server.metrics import Metrics
@@ -124,25 +129,46 @@ class IssuanceService:
 
         Raises:
             UnknownModelError: No such model.
+            QueueFullError: The job queue is full; no job was created.
+            ShuttingDownError: The process is stopping; no job is left queued.
             NotFoundError: The caller has no such device.
             DeviceRevokedError: The device is revoked.
         """
         if self._settings.model(model_id) is None or model_id not in self._generators:
             raise UnknownModelError(f"unknown model {model_id!r}")
-        with self._sessions.begin() as session:
-            device = self._devices.require_active(session, principal, device_id)
-            job = Job(
-                id="j_" + secrets.token_hex(16),
-                user_id=principal.user_id,
-                device_pk=device.id,
-                model_id=model_id,
-                status=JobStatus.QUEUED,
-                created_at=int(self._clock()),
-            )
-            session.add(job)
-            view = JobView(job.id, job.status, model_id, device_id, job.created_at)
-        job_id = view.job_id
-        self._runner.submit(job_id, lambda: self.run(job_id))
+        # A place in the queue first: a refused request leaves no job row behind,
+        # and costs no database write while the server is overloaded.
+        try:
+            slot = self._runner.reserve()
+        except OverloadedError as exc:
+            self._metrics.rejected_requests_total.labels(reason=exc.code).inc()
+            raise
+        try:
+            with self._sessions.begin() as session:
+                device = self._devices.require_active(session, principal, device_id)
+                job = Job(
+                    id="j_" + secrets.token_hex(16),
+                    user_id=principal.user_id,
+                    device_pk=device.id,
+                    model_id=model_id,
+                    status=JobStatus.QUEUED,
+                    created_at=int(self._clock()),
+                )
+                session.add(job)
+                view = JobView(job.id, job.status, model_id, device_id, job.created_at)
+            job_id = view.job_id
+            try:
+                slot.submit(job_id, lambda: self.run(job_id))
+            except BaseException as exc:
+                # A runner that stopped since the reservation refuses the slot: never
+                # leave the row queued for a worker that will not come.
+                code = exc.code if isinstance(exc, ModelSealError) else "not_scheduled"
+                self._finish(job_id, JobStatus.FAILED, error_code=code)
+                if isinstance(exc, OverloadedError):
+                    self._metrics.rejected_requests_total.labels(reason=code).inc()
+                raise
+        finally:
+            slot.release()
         return view
 
     def run(self, job_id: str) -> None:
