@@ -249,11 +249,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1 << 20)
     max_links_per_issuance: int = Field(default=20, ge=1, le=1000)
     job_workers: int = Field(default=2, ge=1, le=64)
-    # Sized for two cores (docs/PERFORMANCE.md, "Issuance server"): one process peaks at
-    # about four issuances in progress at once, and admitting new IML requests only
-    # below four working requests kept goodput near that peak at three times overload.
-    # 64 in flight leaves room for downloads streaming to slow clients; 64 queued jobs
-    # of a 1 MiB model are about a second of work for two job workers.
+    # Sized for two cores (docs/PERFORMANCE.md, "Issuance server"): one process reaches
+    # its peak throughput with two to four issuances in progress. Admitting new IML
+    # requests only below four working requests kept 90 % of that peak at three times
+    # overload; with the in-flight limit alone, throughput fell to a fifth. 64 in flight
+    # leaves room for downloads streaming to slow clients; 64 queued jobs of a 1 MiB
+    # model are about a second of work for two job workers.
     max_queued_jobs: int = Field(default=64, ge=1, le=100_000)
     max_in_flight_requests: int = Field(default=64, ge=1, le=10_000)
     max_working_iml_requests: int = Field(default=4, ge=1, le=10_000)
