@@ -1,18 +1,31 @@
 """The device client SDK.
 
-What runs on the device: key storage (:mod:`modelseal.client.keystore`), on top
-of which the app opens issued packages with its device key and re-seals them at
-rest under a device-only KEK::
+What runs on the device::
 
-    keystore = FileKeystore(app_dir / "keys", Passphrase(passphrase))
-    device = keystore.device_key("device")
-    opened = open_bytes(package, device, OpenPolicy(issuers=pinned, audience=device_id))
-    at_rest = seal_bytes(opened.plaintext, AtRest(keystore.kek("models"), opened.header.claims))
+    keystore = DeviceClient.file_keystore(data_dir, Passphrase(passphrase))
+    client = DeviceClient.init(data_dir, keystore, KeystoreSpec("file", unlock="passphrase"))
+    client.enroll("https://models.example", api_token, pins=["sha256/..."])
+    client.fetch("digits")                  # download, verify, re-seal at rest, acknowledge
+    model = client.load("digits")           # decrypt in memory, ONNX Runtime session
+    logits = model.run(images)["logits"]
 
-The client depends on :mod:`modelseal.envelope` and :mod:`modelseal.keys`, never
-on :mod:`modelseal.server`.
+* :mod:`.sdk`: :class:`DeviceClient`, the whole device side (``docs/CLIENT.md``).
+* :mod:`.transport`: HTTPS with certificate checks and optional SPKI pinning.
+* :mod:`.fetch`: the fetch state machine; :mod:`.download`: job polling with
+  back-off, resumable downloads.
+* :mod:`.store`: at-rest packages and downloads in progress; :mod:`.outbox`:
+  acknowledgements and security events owed to the server.
+* :mod:`.runtime`: in-memory loading into ONNX Runtime (imported on first use);
+  :mod:`.memory`: wipeable plaintext buffers.
+* :mod:`.keystore`: device keys and KEKs (file or PKCS#11).
+
+The client depends on :mod:`modelseal.envelope`, :mod:`modelseal.keys` and
+:mod:`modelseal.models`, never on :mod:`modelseal.server`.
 """
 
+from modelseal.client.config import ClientConfig, Enrollment, KeystoreSpec
+from modelseal.client.download import PollPolicy
+from modelseal.client.fetch import FetchResult
 from modelseal.client.keystore import (
     DeviceKey,
     FileKeystore,
@@ -29,9 +42,16 @@ from modelseal.client.keystore import (
     Passphrase,
     PKCS11Keystore,
 )
+from modelseal.client.sdk import DeviceClient, EnrollResult, PinRefreshResult
+from modelseal.client.store import StoredModel
 
 __all__ = [
+    "ClientConfig",
+    "DeviceClient",
     "DeviceKey",
+    "EnrollResult",
+    "Enrollment",
+    "FetchResult",
     "FileKeystore",
     "KeyExistsError",
     "KeyInfo",
@@ -43,6 +63,10 @@ __all__ = [
     "KeystoreError",
     "KeystoreIntegrityError",
     "KeystoreLockedError",
+    "KeystoreSpec",
     "PKCS11Keystore",
     "Passphrase",
+    "PinRefreshResult",
+    "PollPolicy",
+    "StoredModel",
 ]
