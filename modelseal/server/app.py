@@ -60,7 +60,9 @@ def create_app(
         title="modelseal issuance server",
         version=__version__,
         lifespan=lifespan,
+        # The API schema and its browser are development aids: production serves neither.
         docs_url="/docs" if settings.mode == "dev" else None,
+        openapi_url="/openapi.json" if settings.mode == "dev" else None,
         redoc_url=None,
     )
     app.state.services = services
