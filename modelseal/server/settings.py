@@ -121,6 +121,10 @@ class AuthSettings(_Section):
         argon2_time_cost: Argon2id passes for API token hashes.
         argon2_memory_kib: Argon2id memory for API token hashes.
         argon2_parallelism: Argon2id lanes for API token hashes.
+        token_cache_seconds: How long a token that passed Argon2id is then checked
+            against a SHA-256 of its secret kept in process memory instead (0: never).
+            Revocation and disabled accounts still take effect on the next request.
+        token_cache_entries: Most tokens held in that cache (least recently used go).
     """
 
     mode: Literal["tokens", "oidc"] = "tokens"
@@ -136,6 +140,8 @@ class AuthSettings(_Section):
     argon2_time_cost: int = Field(default=3, ge=1, le=10)
     argon2_memory_kib: int = Field(default=65536, ge=1024, le=1 << 21)
     argon2_parallelism: int = Field(default=4, ge=1, le=16)
+    token_cache_seconds: int = Field(default=300, ge=0, le=3600)
+    token_cache_entries: int = Field(default=10_000, ge=1, le=1_000_000)
 
     @field_validator("oidc_algorithms")
     @classmethod

@@ -5,6 +5,15 @@ of the secret, looks it up by ``token_id`` and verifies in constant time. An unk
 or revoked ``token_id`` is verified against a dummy hash, so response time does not
 tell which tokens exist.
 
+Argon2id costs about 160 ms of CPU per check with the default parameters, which
+would cap a server at a few requests per second. After a token passes it once, the
+process keeps a SHA-256 of its secret for ``auth.token_cache_seconds`` and compares
+later presentations against that (in constant time). The database row is still read
+on every request, so a revoked token or a disabled account fails at once; a
+different secret under the same ``token_id`` never matches the cached digest and
+goes to Argon2id. Only memory holds the digests: a database dump still yields only
+Argon2id hashes.
+
 OIDC mode accepts JWTs shaped like Firebase ID tokens (``iss``, ``aud``, ``exp``,
 ``sub``), verified with PyJWT against a JWKS file or URL under an allow-list of
 asymmetric algorithms. Each ``(iss, sub)`` maps to one user row, created on first
@@ -13,9 +22,14 @@ sight. Packages carry neither: users appear in them only by a random ``subject``
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -119,6 +133,11 @@ class TokenAuthenticator:
         self._hasher = _hasher(settings)
         # A hash of a random secret with the same parameters: misses cost the same.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(32))
+        self._cache_seconds = settings.token_cache_seconds
+        self._cache_entries = settings.token_cache_entries
+        # token_id -> (SHA-256 of the secret, monotonic expiry); see the module docstring.
+        self._verified: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def authenticate(self, credential: str) -> Principal:
         """Verify an ``ms_<token_id>_<secret>`` token."""
@@ -130,6 +149,8 @@ class TokenAuthenticator:
                 .where(ApiToken.token_id == token_id)
             ).first()
         usable = row is not None and row[0].revoked_at is None and row[1].disabled_at is None
+        if row is not None and usable and self._recently_verified(token_id, secret):
+            return _principal(row[1])
         stored = row[0].secret_hash if row is not None and usable else self._dummy_hash
         try:
             self._hasher.verify(stored, secret)
@@ -137,7 +158,32 @@ class TokenAuthenticator:
             raise AuthenticationError("authentication failed") from None
         if row is None or not usable:
             raise AuthenticationError("authentication failed")
+        self._remember(token_id, secret)
         return _principal(row[1])
+
+    def _recently_verified(self, token_id: str, secret: str) -> bool:
+        if self._cache_seconds == 0:
+            return False
+        digest = hashlib.sha256(secret.encode()).digest()
+        with self._lock:
+            entry = self._verified.get(token_id)
+            if entry is None:
+                return False
+            if entry[1] <= time.monotonic():
+                del self._verified[token_id]
+                return False
+            self._verified.move_to_end(token_id)
+        return hmac.compare_digest(entry[0], digest)
+
+    def _remember(self, token_id: str, secret: str) -> None:
+        if self._cache_seconds == 0:
+            return
+        entry = (hashlib.sha256(secret.encode()).digest(), time.monotonic() + self._cache_seconds)
+        with self._lock:
+            self._verified[token_id] = entry
+            self._verified.move_to_end(token_id)
+            while len(self._verified) > self._cache_entries:
+                self._verified.popitem(last=False)
 
 
 def _split_token(credential: str) -> tuple[str, str]:
