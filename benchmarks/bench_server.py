@@ -6,6 +6,10 @@ What runs:
   runner) in its own process, started through this file's ``_serve`` mode: the same Typer
   command as ``python -m modelseal.server server`` plus an idle stack-sampler thread that only
   wakes for the profile phase (``SIGUSR1`` starts it, ``SIGUSR2`` stops it and writes counts);
+  with ``--workers N`` (N > 1) that process is uvicorn's supervisor and N worker processes
+  serve the port: server CPU is then the sum over the process tree, the profile phase is
+  skipped (the sampler sees only the supervisor) and job metrics are not read (each
+  ``/metrics`` scrape answers from one worker);
 * a load generator in another process (this file's ``_load`` mode): asyncio and one
   ``httpx.AsyncClient``; every *flow* is ``POST /v1/imls``, ``GET /v1/jobs/{id}`` every
   ``--poll-ms`` until ready, a streamed ``GET`` of the download link, then ``POST .../ack``
@@ -22,6 +26,7 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/bench_server.py                    # 60 s phases
     .venv/bin/python benchmarks/bench_server.py --duration 30      # shorter, on a busy machine
+    .venv/bin/python benchmarks/bench_server.py --workers 2        # two server processes
 
 Results go to ``benchmarks/out/bench_server-<UTC time>.json`` and a markdown summary on stdout.
 """
@@ -448,6 +453,15 @@ def write_config(work: Path, args: argparse.Namespace, database_url: str | None)
             "argon2_memory_kib = 1024",
             "argon2_parallelism = 1",
         ]
+    # Every flow comes from one address and 256 users: the per-client rate limits (a policy,
+    # not a capacity) would refuse the benchmark itself. They still run, with limits out of reach.
+    unreachable = '"100000000/minute"'
+    lines += [
+        "[abuse]",
+        f"user_rate_limit = {unreachable}",
+        f"device_rate_limit = {unreachable}",
+        f"ip_rate_limit = {unreachable}",
+    ]
     lines += [
         "[[models]]",
         f'id = "{MODEL_ID}"',
@@ -505,7 +519,8 @@ def provision(config: Path, users: int) -> list[dict[str, Any]]:
 class Server:
     """The server process and the probes the orchestrator reads from it."""
 
-    def __init__(self, config: Path, work: Path) -> None:
+    def __init__(self, config: Path, work: Path, workers: int = 1) -> None:
+        self.workers = workers
         self.samples_path = work / "samples.json"
         self.log_path = work / "server.log"
         self.port = free_port()
@@ -515,6 +530,8 @@ class Server:
         self._log = self.log_path.open("w")
         argv = [sys.executable, __file__, "_serve", "--config", str(config)]
         argv += ["--host", "127.0.0.1", "--port", str(self.port)]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
         self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -530,8 +547,27 @@ class Server:
         raise SystemExit("server did not start within 120 s")
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds of the server process and its live descendants (the workers)."""
+        parents: dict[int, int] = {}
+        ticks: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            parents[int(entry.name)] = int(fields[1])
+            ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+        tree = {self.process.pid}
+        grew = True
+        while grew:
+            grew = False
+            for pid, parent in parents.items():
+                if parent in tree and pid not in tree:
+                    tree.add(pid)
+                    grew = True
+        return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
     def metrics(self) -> dict[str, float]:
         text = httpx.get(f"{self.base}/metrics", timeout=30).text
@@ -575,7 +611,9 @@ def run_load(
     """Run one phase in a fresh load-generator process, with server-side probes around it."""
     spec_path, out_path = work / f"{name}.spec.json", work / f"{name}.out.json"
     spec_path.write_text(json.dumps({"base": server.base, "users": users, **spec}))
-    metrics_before, cpu_before = server.metrics(), server.cpu_seconds()
+    # With several workers each scrape answers from one of them: no usable delta.
+    probe = server.metrics if server.workers == 1 else dict
+    metrics_before, cpu_before = probe(), server.cpu_seconds()
     machine_before = cpu_busy_seconds()[1]
     wall = time.perf_counter()
     subprocess.run(
@@ -585,10 +623,11 @@ def run_load(
     )
     wall = time.perf_counter() - wall
     result: dict[str, Any] = json.loads(out_path.read_text())
-    after = server.metrics()
+    after = probe()
     result["server_cpu_seconds"] = server.cpu_seconds() - cpu_before
     result["machine_busy_seconds"] = cpu_busy_seconds()[1] - machine_before
     result["wall_seconds"] = wall
+    result["load_average_after"] = os.getloadavg()
     result["metrics_delta"] = {
         key: value - metrics_before.get(key, 0.0)
         for key, value in after.items()
@@ -625,6 +664,8 @@ def calibrate(server: Server, users: list[dict[str, Any]]) -> dict[str, Any]:
 
         def request_iml() -> None:
             response = client.post("/v1/imls", json=body, headers=auth)
+            if response.status_code != 202:
+                raise RuntimeError(f"POST /v1/imls: {response.status_code} {response.text}")
             jobs.append(response.json()["job_id"])
 
         measure("GET /healthz", lambda: client.get("/healthz"), 300)
@@ -724,7 +765,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "wait_p50_ms": 1000 * percentile(result["wait_seconds"], 0.5),
         "download_p50_ms": 1000 * percentile(result["download_seconds"], 0.5),
         "polls_per_issuance": result["polls"] / max(1, result["started_flows"]),
-        "job_mean_ms": 1000 * metrics.get("job_latency_seconds_sum", 0.0) / jobs if jobs else 0,
+        "job_mean_ms": (
+            1000 * metrics.get("job_latency_seconds_sum", 0.0) / jobs if jobs else math.nan
+        ),
         "server_cpu_ms_per_issuance": 1000 * result["server_cpu_seconds"] / max(1, completed),
         "client_cpu_ms_per_issuance": 1000 * result["client_cpu_seconds"] / max(1, completed),
         "server_cores": result["server_cpu_seconds"] / result["wall_seconds"],
@@ -738,6 +781,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "started_flows": result["started_flows"],
         "skipped_arrivals": result["skipped_arrivals"],
         "sample_opened": result["sample_opened"],
+        "load_average_after": result.get("load_average_after"),
     }
 
 
@@ -765,7 +809,13 @@ def shares(samples: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["| phase | issuances/s | p50 ms | p99 ms | server cores | client cores | codes |"]
+    load = ", ".join(f"{x:.2f}" for x in report["load_average_before"])
+    lines = [
+        f"{report['workers']} server process(es), {report['database']}; "
+        f"load average before: {load}",
+        "",
+        "| phase | issuances/s | p50 ms | p99 ms | server cores | client cores | codes |",
+    ]
     lines.append("|---|---:|---:|---:|---:|---:|---|")
     for name in ("sustained", "overload"):
         if name not in report["phases"]:
@@ -810,7 +860,7 @@ def run_phases(
     config = write_config(work, args, database_url)
     print(f"provisioning {args.users} users and devices ...", file=sys.stderr)
     users = provision(config, args.users)
-    server = Server(config, work)
+    server = Server(config, work, args.workers)
     try:
         common = {"poll_ms": args.poll_ms, "connections": max(64, 4 * args.concurrency)}
         closed = {"mode": "closed", "concurrency": args.concurrency, **common}
@@ -833,7 +883,9 @@ def run_phases(
             report["raw"]["sustained"] = raw
             report["phases"]["sustained"] = summarize(raw)
             sustained_rate = report["phases"]["sustained"]["issuances_per_second"]
-        if "profile" in phases:
+        if "profile" in phases and args.workers > 1:
+            report["profile_skipped"] = "the sampler runs in one process; run with --workers 1"
+        elif "profile" in phases:
             print(f"profile {args.profile_seconds} s ...", file=sys.stderr)
             samples = server.profile(
                 lambda: summarize(
@@ -886,6 +938,7 @@ def main() -> None:
     parser.add_argument("--poll-ms", type=float, default=10.0)
     parser.add_argument("--users", type=int, default=256)
     parser.add_argument("--job-workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1, help="server processes (uvicorn)")
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--max-queued", type=int, default=64)
     parser.add_argument("--max-working-iml", type=int, default=4)
@@ -904,6 +957,8 @@ def main() -> None:
         "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "argv": sys.argv[1:],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "workers": args.workers,
+        "database": args.database,
         "load_average_before": os.getloadavg(),
         "phases": {},
         "raw": {},

@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated
 
@@ -82,6 +83,13 @@ DEMO_STEPS = (
     "stopped",
 )
 """Every step of the demo, in order."""
+
+
+class DemoScenario(StrEnum):
+    """What ``modelseal demo`` shows."""
+
+    FULL = "full"
+    SCRAPER = "scraper"
 
 
 class DemoFailedError(ModelSealError):
@@ -170,7 +178,10 @@ def _server_config(directory: Path, port: int) -> Path:
         f'id = "{MODEL_ID}"\n'
         'generator = "modelseal.models.reference:generate_iml"\n'
         'ctype = "application/vnd.modelseal.bundle"\n'
-        "licence_seconds = 86400\n",
+        "licence_seconds = 86400\n"
+        "# Per-issuance forensic watermark and device binding (docs/WATERMARK.md).\n"
+        "watermark = true\n"
+        "binding = true\n",
         encoding="utf-8",
     )
     return config
@@ -492,8 +503,23 @@ def demo(
         ),
     ] = None,
     json_output: JSONFlag = False,
+    scenario: Annotated[
+        DemoScenario,
+        typer.Option(
+            "--scenario",
+            help="full: the whole system (default); scraper: a scraper meets the abuse controls.",
+        ),
+    ] = DemoScenario.FULL,
 ) -> None:
     """Run the whole system: server, admin, device enrolment, fetch, at-rest copy, inference."""
+    if scenario is DemoScenario.SCRAPER:
+        from modelseal.cli.demo_scraper import print_summary, run_scraper_demo
+
+        if not json_output:
+            print_lines(["modelseal demo --scenario scraper: a scraper against the demo server"])
+        with _workspace(keep) as directory:
+            print_summary(run_scraper_demo(directory, quiet=json_output), json_output)
+        return
     started = time.perf_counter()
     shown: list[DemoStep] = []
 

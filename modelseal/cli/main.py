@@ -37,7 +37,7 @@ import typer
 from typer.core import TyperGroup
 
 from modelseal import __version__
-from modelseal.cli import demo_cmd, device_cmd, envelope_cmd, keys_cmd
+from modelseal.cli import audit_cmd, demo_cmd, device_cmd, envelope_cmd, keys_cmd, trace_cmd
 from modelseal.cli.output import JSON_META_KEY, emit_json, printable
 from modelseal.errors import (
     ClaimsError,
@@ -203,6 +203,8 @@ app.command("demo")(demo_cmd.demo)
 app.add_typer(server_app, name="server")
 app.add_typer(admin_app, name="admin")
 app.add_typer(device_cmd.app, name="device")
+app.command("trace")(trace_cmd.trace_command)
+app.add_typer(audit_cmd.app, name="audit")
 
 
 def main() -> None:

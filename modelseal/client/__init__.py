@@ -17,6 +17,9 @@ What runs on the device::
   acknowledgements and security events owed to the server.
 * :mod:`.runtime`: in-memory loading into ONNX Runtime (imported on first use);
   :mod:`.memory`: wipeable plaintext buffers.
+* :mod:`.sealed_weights`: sealed-weights bundles loaded tensor by tensor;
+  :mod:`.sealed_safetensors`: lazy per-tensor access to a sealed safetensors model;
+  :mod:`.examples`: checking and batching personalisation examples for upload.
 * :mod:`.keystore`: device keys and KEKs (file or PKCS#11).
 
 The client depends on :mod:`modelseal.envelope`, :mod:`modelseal.keys` and

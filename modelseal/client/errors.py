@@ -28,13 +28,15 @@ The tree::
     │   └── JobTimeoutError               job_timeout
     ├── ClaimsError
     │   └── PackageMismatchError          package_mismatch
+    ├── VerificationError
+    │   └── IssuerKeyRevokedError         issuer_key_revoked
     └── UsageError
         └── InputError                    input_invalid
 """
 
 from __future__ import annotations
 
-from modelseal.errors import ClaimsError, ModelSealError, UsageError
+from modelseal.errors import ClaimsError, ModelSealError, UsageError, VerificationError
 
 __all__ = [
     "AlreadyEnrolledError",
@@ -45,6 +47,7 @@ __all__ = [
     "DownloadTooLargeError",
     "InputError",
     "InsecureTransportError",
+    "IssuerKeyRevokedError",
     "JobFailedError",
     "JobTimeoutError",
     "ModelNotStoredError",
@@ -217,3 +220,9 @@ class InputError(UsageError):
     """An inference input file is missing, malformed, or does not fit the model."""
 
     code = "input_invalid"
+
+
+class IssuerKeyRevokedError(VerificationError):
+    """The issuer key that signed a stored model has been revoked (pinned ``revoked`` list)."""
+
+    code = "issuer_key_revoked"

@@ -40,13 +40,19 @@ from modelseal.client.errors import (
 from modelseal.client.keystore import DeviceKey
 from modelseal.client.memory import wipe
 from modelseal.client.outbox import EventType, Outbox
-from modelseal.client.store import ModelStore, PendingDownload
+from modelseal.client.store import ISSUER_KID_CLAIM, ModelStore, PendingDownload
 from modelseal.client.transport import Transport
 from modelseal.envelope import AtRest, Claims, Header, OpenPolicy, open_stream, seal_bytes
 from modelseal.errors import ModelSealError
 from modelseal.keys import IssuerKeySet, KEKWrapper
 
 __all__ = ["Fetch", "FetchResult", "acknowledge"]
+
+
+def with_issuer_kid(claims: Claims, kid: str) -> Claims:
+    """``claims`` with the signing issuer kid added as the ``ikid`` extra claim."""
+    return replace(claims, extra={**claims.extra, ISSUER_KID_CLAIM: kid})
+
 
 Clock = Callable[[], float]
 
@@ -258,7 +264,9 @@ class Fetch:
                 package.readinto(plaintext)
             with timer.phase("reseal"):
                 kek = self._models_kek()
-                at_rest = seal_bytes(plaintext, AtRest(kek, claims=claims), ctype=header.ctype)
+                assert header.sig is not None  # issued packages are signed
+                kept = with_issuer_kid(claims, header.sig.kid)
+                at_rest = seal_bytes(plaintext, AtRest(kek, claims=kept), ctype=header.ctype)
         finally:
             wipe(plaintext)
         return header, at_rest

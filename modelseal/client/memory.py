@@ -30,7 +30,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import NoReturn
 
-__all__ = ["WipeableBytes", "wipe"]
+__all__ = ["WipeableBytes", "release_pages", "wipe"]
 
 _CPYTHON = sys.implementation.name == "cpython"
 # Offset of ob_sval (the bytes' storage) inside a PyBytesObject: the size of an
@@ -53,6 +53,26 @@ if _MADV_HUGEPAGE is not None and sys.platform.startswith("linux"):
         _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         _libc.madvise.restype = ctypes.c_int
         _madvise = _libc.madvise
+
+
+_MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+PAGE_BYTES = mmap.PAGESIZE
+
+
+def release_pages(address: int, length: int) -> None:
+    """Give the whole pages inside a zeroed buffer back to the kernel (Linux ``MADV_DONTNEED``).
+
+    The buffer stays mapped and reads as zeros afterwards (private anonymous memory);
+    only its resident memory goes. Call it only on a buffer already wiped: the pages
+    at its two ends that it shares with other objects are left alone. A no-op where
+    ``madvise`` is unavailable.
+    """
+    if _madvise is None or _MADV_DONTNEED is None or length < 2 * PAGE_BYTES:
+        return
+    start = -(-address // PAGE_BYTES) * PAGE_BYTES
+    stop = (address + length) // PAGE_BYTES * PAGE_BYTES
+    if stop > start:
+        _madvise(start, stop - start, _MADV_DONTNEED)
 
 
 def _advise_huge_pages(address: int, length: int) -> None:
@@ -138,7 +158,11 @@ class WipeableBytes:
             return
         self._wiped = True
         if self._storage is not None:
-            ctypes.memset(ctypes.addressof(self._storage), 0, self._length)
+            address = ctypes.addressof(self._storage)
+            ctypes.memset(address, 0, self._length)
+            # The runtime may keep this object referenced for the session's life
+            # (module docstring): keep the zeros, not the resident memory.
+            release_pages(address, self._length)
         else:
             wipe(self._view)
             self._value = None

@@ -42,7 +42,9 @@ from modelseal.client.errors import InputError, ModelUnsupportedError, PackageMi
 from modelseal.client.memory import WipeableBytes, wipe
 from modelseal.client.onnx_split import ELEMENT_BYTES, split_initializers
 from modelseal.envelope import Header, OpenPolicy, open_into, open_stream
+from modelseal.errors import UsageError
 from modelseal.keys import KEKWrapper
+from modelseal.models.binding import BindingTransform, apply_transform, transform_from_manifest
 from modelseal.models.bundle import BUNDLE_MEDIA_TYPE, MAGIC, BundleReader, Manifest
 from modelseal.models.errors import BundleError
 from modelseal.models.manifest import ModelFormat
@@ -113,6 +115,40 @@ class LoadedModel:
     # The wiped plaintext buffer: ONNX Runtime copied the weights out of it while it
     # loaded, but its session options still point there, so it stays allocated.
     _buffer: WipeableBytes | None = field(default=None, repr=False, compare=False)
+    # Sealed-weights loads: the zeroed tensor buffers and OrtValues the options point at.
+    _pinned: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+    # A bound model's input transform (docs/WATERMARK.md section 2), from the manifest.
+    _binding: BindingTransform | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Rebuild a bound model's input transform, so that no inference runs without it.
+
+        Raises:
+            BundleError: The manifest's ``binding`` object is malformed.
+            BindingMismatchError: Its seed does not reproduce its check value.
+            ModelUnsupportedError: The binding needs a device secret the SDK does not
+                hold, or names an input the model lacks.
+        """
+        binding = self.manifest.fields.binding if self.manifest is not None else None
+        if binding is None:
+            return
+        try:
+            transform = transform_from_manifest(binding)
+        except UsageError:
+            raise ModelUnsupportedError(
+                "the model is bound to a device secret that this SDK does not hold"
+            ) from None
+        if transform.input_name not in {i.name for i in self.inputs}:
+            # Running without the transform would give noise: refuse instead.
+            raise ModelUnsupportedError(
+                f"the binding transforms input {transform.input_name!r}, which the model lacks"
+            )
+        object.__setattr__(self, "_binding", transform)
+
+    @property
+    def bound(self) -> bool:
+        """Whether the model is bound: every inference transforms its input first."""
+        return self._binding is not None
 
     @property
     def inputs(self) -> tuple[TensorInfo, ...]:
@@ -131,7 +167,8 @@ class LoadedModel:
 
         A single array goes to the only input; a mapping names the inputs. Values are
         converted to each input's element type when that loses nothing a model cares
-        about (numbers to numbers); anything else is refused.
+        about (numbers to numbers); anything else is refused. A bound model's input
+        goes through its transform ``x' = A x`` first (float64 maths).
 
         Raises:
             InputError: Unknown or missing input names, or values of the wrong kind.
@@ -159,6 +196,11 @@ class LoadedModel:
             array = np.asarray(value)
             if array.dtype.kind not in "biuf":
                 raise InputError(f"input {name!r} must be numeric, got {array.dtype}")
+            if self._binding is not None and name == self._binding.input_name:
+                try:
+                    array = apply_transform(array, self._binding)
+                except UsageError as exc:
+                    raise InputError(f"input {name!r}: {exc.message}") from None
             feeds[name] = array.astype(dtype, copy=False)
         return feeds
 
@@ -327,13 +369,26 @@ def load_at_rest(
     with open(path, "rb", buffering=0) as src:
         # The header first: authenticated (KEK unwrap) and the licence judged, before
         # anything is decrypted.
-        header = open_stream(src, kek, policy).header
+        package = open_stream(src, kek, policy)
+        header = package.header
         if model_id is not None and (header.claims is None or header.claims.mid != model_id):
             raise PackageMismatchError(f"the file stored as {model_id!r} holds another model")
         if header.ctype not in LOADABLE_MEDIA_TYPES:
             raise ModelUnsupportedError(
                 f"content type {header.ctype!r} cannot be loaded into ONNX Runtime"
             )
+        if header.ctype == BUNDLE_MEDIA_TYPE:
+            # A sealed-weights bundle is decrypted tensor by tensor, never whole
+            # (modelseal.client.sealed_weights).
+            from modelseal.client.sealed_weights import load_sealed_weights, read_manifest
+            from modelseal.models.sealed_weights import is_sealed_weights
+
+            bundle_manifest = read_manifest(package)
+            if is_sealed_weights(bundle_manifest):
+                loaded = load_sealed_weights(
+                    package, manifest=bundle_manifest, options=options, providers=providers
+                )
+                return LoadedModel(header, loaded.manifest, loaded.session, _pinned=loaded.keep)
         # Then the body, from the page cache (a read-only map of the ciphertext) straight
         # into an uninitialised buffer: no intermediate copy, no pass to zero it first.
         plaintext = WipeableBytes(header.length)

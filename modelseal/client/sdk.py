@@ -8,6 +8,8 @@ description of what a device client does.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import os
 import re
@@ -18,7 +20,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy.typing as npt
+
 from modelseal import __version__
+from modelseal.attestation.base import Attester
 from modelseal.client.config import (
     CREDENTIALS_KEK_NAME,
     DEVICE_KEY_NAME,
@@ -46,11 +51,18 @@ from modelseal.client.errors import (
     AlreadyEnrolledError,
     AlreadyInitializedError,
     ClientStateError,
+    IssuerKeyRevokedError,
     NotEnrolledError,
     PackageMismatchError,
     ProtocolError,
     ServerRefusedError,
     TLSPinMismatchError,
+)
+from modelseal.client.examples import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    ExamplesUpload,
+    batches,
+    check_examples,
 )
 from modelseal.client.fetch import Fetch, FetchResult, acknowledge
 from modelseal.client.keystore import (
@@ -62,7 +74,7 @@ from modelseal.client.keystore import (
 )
 from modelseal.client.memory import wipe
 from modelseal.client.outbox import Event, EventType, Outbox
-from modelseal.client.store import ModelStore, StoredModel
+from modelseal.client.store import ISSUER_KID_CLAIM, ModelStore, StoredModel
 from modelseal.client.transport import Transport, TransportSettings, check_server_url
 from modelseal.envelope import (
     AtRest,
@@ -73,7 +85,14 @@ from modelseal.envelope import (
     seal_bytes,
 )
 from modelseal.errors import UsageError
-from modelseal.keys import KEM, IssuerKeySet, KEKWrapper, key_to_jwk, parse_jwks
+from modelseal.keys import (
+    KEM,
+    IssuerKeySet,
+    KEKWrapper,
+    RecipientPublicKey,
+    key_to_jwk,
+    parse_jwks,
+)
 
 if TYPE_CHECKING:  # runtime imports onnxruntime, which load() imports on first use
     from modelseal.client.runtime import LoadedModel
@@ -257,6 +276,36 @@ class DeviceClient:
             raise ClientStateError("issuer-jwks.json: jwks must be a JWK Set")
         return parse_jwks(jwks)
 
+    def revoked_issuers(self) -> frozenset[str]:
+        """Issuer kids the server listed as revoked (``revoked`` of the pinned JWK Set).
+
+        Raises:
+            ClientStateError: The pin file is missing or malformed.
+        """
+        document = read_json_object(self._dir.pinned_jwks)
+        jwks = document.get("jwks") if document is not None else None
+        if not isinstance(jwks, dict):
+            raise ClientStateError(
+                "no valid pinned issuer keys; run `modelseal device pin-refresh`"
+            )
+        revoked = jwks.get("revoked", [])
+        if not isinstance(revoked, list) or not all(isinstance(k, str) for k in revoked):
+            raise ClientStateError("issuer-jwks.json: revoked must be a list of key ids")
+        return frozenset(revoked)
+
+    def _check_issuer_not_revoked(self, model_id: str, header: Header) -> None:
+        """Refuse a stored model whose signing issuer key was revoked since it was fetched.
+
+        At-rest copies made before the ``ikid`` claim existed carry no kid and pass.
+        """
+        claims = header.claims
+        kid = claims.extra.get(ISSUER_KID_CLAIM) if claims is not None else None
+        if isinstance(kid, str) and kid in self.revoked_issuers():
+            raise IssuerKeyRevokedError(
+                f"model {model_id!r} was signed by issuer key {kid}, which is revoked; "
+                "fetch it again"
+            )
+
     # --- keys and credentials ---------------------------------------------------------------
 
     def _kek(self, name: str) -> KEKWrapper:
@@ -344,8 +393,12 @@ class DeviceClient:
         kem: KEM = KEM.X25519,
         device_id: str | None = None,
         app_version: str = DEFAULT_APP_VERSION,
+        attester: Attester | None = None,
     ) -> EnrollResult:
         """Generate the device key, register it, and pin the server's issuer keys.
+
+        With ``attester``, the registration carries an attestation over a fresh
+        server challenge and the device key (``docs/ATTESTATION.md``).
 
         The issuer JWK Set is fetched over the verified (and, with ``pins``, pinned)
         connection and pinned as it is: trust on first use. It changes only through
@@ -383,15 +436,15 @@ class DeviceClient:
             issuers = parse_jwks(jwks)
             key = self._device_key_for(kem)
             public = key.public_key()
+            body: dict[str, object] = {
+                "device_id": device_id,
+                "app_version": app_version,
+                "public_key": key_to_jwk(public),
+            }
+            if attester is not None:
+                body["attestation"] = _attestation(transport, attester, public)
             registration = transport.request_json(
-                "POST",
-                "/v1/devices",
-                json_body={
-                    "device_id": device_id,
-                    "app_version": app_version,
-                    "public_key": key_to_jwk(public),
-                },
-                expect=(200, 201),
+                "POST", "/v1/devices", json_body=body, expect=(200, 201)
             )
             if (
                 registration is None
@@ -498,6 +551,65 @@ class DeviceClient:
             )
             return fetch.run(model_id, progress)
 
+    # --- personalisation ------------------------------------------------------------------
+
+    def upload_examples(
+        self,
+        x: npt.ArrayLike,
+        y: npt.ArrayLike,
+        *,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> list[ExamplesUpload]:
+        """Upload the user's examples for personalisation, in as many requests as needed.
+
+        ``x`` is ``[n, 64]`` intensities in ``[0, 1]`` and ``y`` is ``n`` labels
+        ``0..9``; they are checked here first (:mod:`modelseal.client.examples`). The
+        server keeps them encrypted, for its retention period, and personalises the
+        models fetched afterwards on them. On an error, the uploads made before it
+        stay stored; :meth:`delete_examples` removes them all.
+
+        Raises:
+            UsageError: The examples have the wrong shape, type or range.
+            ServerRefusedError: E.g. ``examples_invalid``, ``examples_limit_exceeded``,
+                ``body_too_large``.
+            NotEnrolledError, TransportError, TLSError, TLSPinMismatchError.
+        """
+        xs, ys = check_examples(x, y)
+        enrollment = self.enrollment
+        uploads: list[ExamplesUpload] = []
+        with self._transport(self._settings(enrollment), self._token()) as transport:
+            for body in batches(xs, ys, max_request_bytes=max_request_bytes):
+                reply = transport.request_json(
+                    "POST", "/v1/examples", json_body=body, expect=(201,)
+                )
+                if reply is None:
+                    raise ProtocolError("the server sent an empty reply to an upload")
+                try:
+                    uploads.append(
+                        ExamplesUpload(
+                            str(reply["record_id"]),
+                            int(reply["count"]),
+                            int(reply["expires_at"]),
+                            int(reply["total"]),
+                        )
+                    )
+                except (KeyError, TypeError, ValueError):
+                    raise ProtocolError("the server's upload reply is malformed") from None
+        return uploads
+
+    def delete_examples(self) -> int:
+        """Delete every example of this user on the server; returns how many uploads went.
+
+        Raises:
+            NotEnrolledError, ServerRefusedError, TransportError, TLSError.
+        """
+        enrollment = self.enrollment
+        with self._transport(self._settings(enrollment), self._token()) as transport:
+            reply = transport.request_json("DELETE", "/v1/examples")
+        if reply is None or not isinstance(reply.get("deleted"), int):
+            raise ProtocolError("the server's delete reply is malformed")
+        return int(reply["deleted"])
+
     # --- local models ---------------------------------------------------------------------
 
     def models(self) -> list[StoredModel]:
@@ -526,14 +638,17 @@ class DeviceClient:
             ModelNotStoredError: No such model on this device.
             LicenceExpiredError: The licence has ended; :meth:`fetch` renews it.
             PackageMismatchError: The file holds another model (it was renamed).
+            IssuerKeyRevokedError: The issuer key that signed it has been revoked.
             ModelUnsupportedError: Not an ONNX model or bundle.
         """
         from modelseal.client.runtime import load_at_rest
 
         path = self._store.path(model_id)
+        kek = self._kek(MODELS_KEK_NAME)
+        self._check_issuer_not_revoked(model_id, self._store.header(model_id, kek))
         return load_at_rest(
             path,
-            self._kek(MODELS_KEK_NAME),
+            kek,
             now=int(self._clock()),
             model_id=model_id,
             options=options,
@@ -552,6 +667,7 @@ class DeviceClient:
         with open(path, "rb", buffering=0) as src:
             package = open_stream(src, self._kek(MODELS_KEK_NAME), policy)
             self._check_mid(model_id, package.header)
+            self._check_issuer_not_revoked(model_id, package.header)
             plaintext = bytearray(package.length)
             try:
                 package.readinto(plaintext)
@@ -574,3 +690,26 @@ class DeviceClient:
         """Delete every stored model and download in progress; returns their ids."""
         with self._dir.locked():
             return self._store.delete_all()
+
+
+def _attestation(
+    transport: Transport, attester: Attester, public: RecipientPublicKey
+) -> dict[str, str]:
+    """Fetch a fresh enrollment challenge and return the ``attestation`` member."""
+    document = transport.request_json(
+        "POST", "/v1/attestation/challenge", json_body={"purpose": "enroll"}, expect=(201,)
+    )
+    text = document.get("challenge") if document is not None else None
+    challenge_id = document.get("challenge_id") if document is not None else None
+    if not isinstance(text, str) or not isinstance(challenge_id, str) or len(text) != 43:
+        raise ProtocolError("the server sent a malformed attestation challenge")
+    try:
+        challenge = base64.urlsafe_b64decode(text + "=")
+    except (binascii.Error, ValueError):
+        raise ProtocolError("the server sent a malformed attestation challenge") from None
+    evidence = attester.attest(challenge, public)
+    return {
+        "platform": attester.platform,
+        "evidence": base64.b64encode(evidence).decode("ascii"),
+        "challenge_id": challenge_id,
+    }

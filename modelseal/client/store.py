@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from modelseal.client.datadir import (
@@ -31,9 +31,13 @@ from modelseal.envelope import Claims, Header, OpenPolicy, RType, open_stream
 from modelseal.errors import UsageError
 from modelseal.keys import KEKWrapper
 
-__all__ = ["ModelStore", "PendingDownload", "StoredModel"]
+__all__ = ["ISSUER_KID_CLAIM", "ModelStore", "PendingDownload", "StoredModel"]
 
 _PACKAGE_SUFFIX = ".mseal"
+# The at-rest copy records which issuer key signed the package, as an extra claim
+# the KEK authenticates with the rest of the header, so that a stored model can be
+# refused once that key is revoked (DeviceClient.load; docs/CLIENT.md §3.3).
+ISSUER_KID_CLAIM = "ikid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +58,19 @@ class StoredModel:
 
     @property
     def claims(self) -> Claims | None:
-        """The issued claims the at-rest copy kept."""
-        return self.header.claims
+        """The issued claims the at-rest copy kept (without the device's ``ikid`` record)."""
+        claims = self.header.claims
+        if claims is None or ISSUER_KID_CLAIM not in claims.extra:
+            return claims
+        extra = {k: v for k, v in claims.extra.items() if k != ISSUER_KID_CLAIM}
+        return replace(claims, extra=extra)
+
+    @property
+    def issuer_kid(self) -> str | None:
+        """The kid of the issuer key that signed the package (None for older copies)."""
+        claims = self.header.claims
+        kid = claims.extra.get(ISSUER_KID_CLAIM) if claims is not None else None
+        return kid if isinstance(kid, str) else None
 
     @property
     def licence_expires_at(self) -> int | None:

@@ -72,6 +72,8 @@ __all__ = [
 ]
 
 MAX_LEEWAY_SECONDS = 300
+_RANGE_PIECE_CHUNKS = 256
+"""Chunks :meth:`Package.read_range_into` decrypts per read: 4 MiB of ciphertext."""
 # The largest possible framing: magic, header_len, a 64 KiB header, the X-Wing keyblock
 # and a signature. Parsing an in-memory package looks at no more than this.
 MAX_FRAMING_BYTES = 8 + 4 + 65536 + 2 + 1120 + 2 + 48 + 2 + 64
@@ -273,6 +275,60 @@ class Package:
         self._decrypt_chunks(first, last - first + 1, memoryview(out))
         offset = start - first * CHUNK_SIZE_BYTES
         return bytes(out[offset : offset + (stop - start)])
+
+    def read_range_into(self, start: int, out: bytearray | memoryview) -> int:
+        """Decrypt plaintext bytes ``[start, start + len(out))`` straight into ``out``.
+
+        Chunks that lie wholly inside the range are decrypted in place into ``out``,
+        at most :data:`_RANGE_PIECE_CHUNKS` at a time, so memory stays constant for any
+        range length; a chunk the range only partly covers goes through a one-chunk
+        scratch buffer that is zeroed afterwards. This is how a caller decrypts one
+        tensor into the buffer its runtime will use, with no other plaintext copy.
+
+        Returns:
+            The number of bytes written (``len(out)``).
+
+        Raises:
+            ChunkTagError: A spanned chunk failed authentication; ``out`` is zeroed.
+            UsageError: The range is not within 0..len, ``out`` is read-only, or the
+                input is not seekable.
+        """
+        self._guard()
+        view = memoryview(out).cast("B")
+        stop = start + len(view)
+        if not 0 <= start <= stop <= self.length:
+            raise UsageError(f"range must satisfy 0 <= start <= stop <= {self.length}")
+        if view.readonly:
+            raise UsageError("the output buffer must be writable")
+        scratch: bytearray | None = None
+        pos = start
+        try:
+            while pos < stop:
+                index, skip = divmod(pos, CHUNK_SIZE_BYTES)
+                if stop == self.length:
+                    whole = self.chunk_count - index
+                else:
+                    whole = (stop - pos) // CHUNK_SIZE_BYTES
+                if skip == 0 and whole > 0:
+                    count = min(whole, _RANGE_PIECE_CHUNKS)
+                    at = pos - start
+                    pos += self._decrypt_chunks(
+                        index, count, view[at : at + count * CHUNK_SIZE_BYTES]
+                    )
+                    continue
+                if scratch is None:
+                    scratch = bytearray(CHUNK_SIZE_BYTES)
+                got = self._decrypt_chunks(index, 1, memoryview(scratch))
+                take = min(index * CHUNK_SIZE_BYTES + got, stop) - pos
+                view[pos - start : pos - start + take] = scratch[skip : skip + take]
+                pos += take
+        except BaseException:
+            view[:] = bytes(len(view))
+            raise
+        finally:
+            if scratch is not None:
+                scratch[:] = bytes(len(scratch))
+        return len(view)
 
     def decrypt_to(
         self, dst: Sink, *, overlap_io: bool = True, progress: ProgressCallback | None = None

@@ -14,6 +14,9 @@ The bundle's manifest carries the binding's parameters, never the matrix (``bind
 
 The device rebuilds ``A`` from its binding secret and ``jti`` (:func:`transform_from_manifest`);
 ``check`` lets it tell a wrong secret from a right one before it runs the model.
+A server that binds at issuance adds member ``"seed"`` (the issuance's 32-byte seed, base64url),
+so the device needs no secret of its own; the seed then travels only inside the container
+sealed to that device.
 
 Derivation, specified so another platform gets the same matrix (to rounding)::
 
@@ -49,8 +52,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from modelseal.errors import UsageError, VerificationError
-from modelseal.models.errors import BundleError
+from modelseal.errors import UsageError
+from modelseal.models.errors import BindingMismatchError, BundleError
 
 __all__ = [
     "BINDING_CHECK_LABEL",
@@ -62,8 +65,10 @@ __all__ = [
     "bind_onnx",
     "bind_weights",
     "binding_manifest",
+    "derive_seed",
     "derive_transform",
     "transform_from_manifest",
+    "transform_from_seed",
     "unbind_weights",
 ]
 
@@ -80,15 +85,12 @@ MAX_DIM = 4096
 MAX_INPUT_NAME_CHARS = 128
 
 _MANIFEST_MEMBERS = frozenset({"type", "input", "dim", "jti", "check"})
+# A bundle the server binds at issuance also carries the issuance's seed (it travels
+# only inside the container sealed to the device): docs/WATERMARK.md section 2.3.
+_OPTIONAL_MEMBERS = frozenset({"seed"})
 _B64U = re.compile(r"[A-Za-z0-9_-]*")
 
 F64 = npt.NDArray[np.float64]
-
-
-class BindingMismatchError(VerificationError):
-    """The device's binding secret does not match the one the model was bound with."""
-
-    code = "binding_mismatch"
 
 
 class BindingTransform:
@@ -214,6 +216,36 @@ def derive_transform(
     )
 
 
+def derive_seed(device_secret: bytes, jti: str) -> bytes:
+    """The 32-byte seed of issuance ``jti`` for ``device_secret`` (the first line of the
+    derivation above); :func:`transform_from_seed` turns it into the transform.
+
+    Raises:
+        UsageError: The secret is shorter than 32 bytes or ``jti`` is malformed.
+    """
+    return _seed(device_secret, _check_jti(jti))
+
+
+def transform_from_seed(
+    seed: bytes, jti: str, *, dim: int = 64, input_name: str = "input"
+) -> BindingTransform:
+    """The transform a seed from :func:`derive_seed` gives; equal to :func:`derive_transform`'s.
+
+    Raises:
+        UsageError: The seed is not 32 bytes, or ``jti``, ``dim`` or ``input_name`` is
+            malformed.
+    """
+    if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
+        raise UsageError(f"a binding seed must be {SEED_BYTES} bytes")
+    jti = _check_jti(jti)
+    dim = _check_dim(dim)
+    input_name = _check_input_name(input_name)
+    seed = bytes(seed)
+    return BindingTransform(
+        _orthogonal(seed, dim), jti=jti, input_name=input_name, check=_check_value(seed)
+    )
+
+
 def apply_transform(x: npt.ArrayLike, transform: BindingTransform) -> npt.NDArray[np.floating]:
     """``x' = A x`` for each example of ``x`` (``[..., dim]``); what the SDK does per inference.
 
@@ -305,33 +337,60 @@ def _b64u_decode(text: str) -> bytes | None:
     return raw if _b64u_encode(raw) == text else None
 
 
-def binding_manifest(transform: BindingTransform) -> dict[str, str | int]:
-    """The manifest's ``binding`` object for ``transform``: parameters only, no matrix."""
-    return {
+def binding_manifest(
+    transform: BindingTransform, *, seed: bytes | None = None
+) -> dict[str, str | int]:
+    """The manifest's ``binding`` object for ``transform``: parameters, never the matrix.
+
+    Args:
+        transform: The issuance's transform.
+        seed: When given, the issuance's seed (:func:`derive_seed`) is written as member
+            ``seed``, so that the device needs no binding secret of its own. Only a bundle
+            sealed to the device may carry it.
+
+    Raises:
+        UsageError: ``seed`` is not the seed of ``transform``.
+    """
+    obj: dict[str, str | int] = {
         "type": BINDING_TYPE,
         "input": transform.input_name,
         "dim": transform.dim,
         "jti": transform.jti,
         "check": _b64u_encode(transform.check),
     }
+    if seed is not None:
+        if (
+            not isinstance(seed, bytes | bytearray)
+            or len(seed) != SEED_BYTES
+            or not hmac.compare_digest(_check_value(bytes(seed)), transform.check)
+        ):
+            raise UsageError("seed is not the seed of this transform")
+        obj["seed"] = _b64u_encode(bytes(seed))
+    return obj
 
 
 def transform_from_manifest(
-    binding: Mapping[str, object], device_secret: bytes
+    binding: Mapping[str, object], device_secret: bytes | None = None
 ) -> BindingTransform:
     """Rebuild the transform a bundle's ``binding`` object describes, on the device.
+
+    A ``seed`` member, when present, gives the transform (the device secret is then not
+    needed, and ignored); otherwise ``device_secret`` does. Either way the result must
+    reproduce ``check``.
 
     Raises:
         BundleError: The object is not an ``orthogonal-v1`` binding as specified (members,
             types, ranges, canonical base64url).
-        BindingMismatchError: ``device_secret`` is not the secret the model was bound with.
-        UsageError: ``device_secret`` is shorter than 32 bytes.
+        BindingMismatchError: The seed, or ``device_secret``, does not give ``check``.
+        UsageError: No seed in the object and ``device_secret`` is missing or shorter
+            than 32 bytes.
     """
     if not isinstance(binding, Mapping):
         raise BundleError("binding must be an object")
     keys = set(binding)
-    if keys != _MANIFEST_MEMBERS:
-        missing, unknown = sorted(_MANIFEST_MEMBERS - keys), sorted(keys - _MANIFEST_MEMBERS)
+    if not _MANIFEST_MEMBERS <= keys <= _MANIFEST_MEMBERS | _OPTIONAL_MEMBERS:
+        allowed = _MANIFEST_MEMBERS | _OPTIONAL_MEMBERS
+        missing, unknown = sorted(_MANIFEST_MEMBERS - keys), sorted(keys - allowed)
         what = f"lacks member {missing[0]!r}" if missing else f"has unknown member {unknown[0]!r}"
         raise BundleError(f"binding {what}")
     if binding["type"] != BINDING_TYPE:
@@ -346,7 +405,16 @@ def transform_from_manifest(
     check_value = _b64u_decode(raw_check) if isinstance(raw_check, str) else None
     if check_value is None or len(check_value) != CHECK_BYTES:
         raise BundleError(f"binding.check must be canonical base64url of {CHECK_BYTES} bytes")
-    seed = _seed(device_secret, jti)
+    if "seed" in binding:
+        raw_seed = binding["seed"]
+        decoded = _b64u_decode(raw_seed) if isinstance(raw_seed, str) else None
+        if decoded is None or len(decoded) != SEED_BYTES:
+            raise BundleError(f"binding.seed must be canonical base64url of {SEED_BYTES} bytes")
+        seed = decoded
+    elif device_secret is None:
+        raise UsageError("the binding carries no seed: the device binding secret is needed")
+    else:
+        seed = _seed(device_secret, jti)
     if not hmac.compare_digest(_check_value(seed), check_value):
         raise BindingMismatchError("binding check failed") from None
     return BindingTransform(

@@ -7,7 +7,9 @@ each with a stable ``code``::
     ├── BundleError              bundle_invalid      the bytes are not a valid MSBUNDLE/1
     ├── ModelFormatError         model_invalid       an ONNX or safetensors file is malformed
     │   └── UnsupportedTensorError  tensor_unsupported  well-formed, but not readable here
-    └── ExamplesError            examples_invalid    personalisation examples are unusable
+    ├── ExamplesError            examples_invalid    personalisation examples are unusable
+    └── VerificationError
+        └── BindingMismatchError binding_mismatch    the binding secret is not the model's
 
 A caller bug (an unknown tensor name, a replacement of the wrong dtype or shape)
 raises :class:`~modelseal.errors.UsageError` instead.
@@ -15,9 +17,15 @@ raises :class:`~modelseal.errors.UsageError` instead.
 
 from __future__ import annotations
 
-from modelseal.errors import ModelSealError
+from modelseal.errors import ModelSealError, VerificationError
 
-__all__ = ["BundleError", "ExamplesError", "ModelFormatError", "UnsupportedTensorError"]
+__all__ = [
+    "BindingMismatchError",
+    "BundleError",
+    "ExamplesError",
+    "ModelFormatError",
+    "UnsupportedTensorError",
+]
 
 
 class BundleError(ModelSealError):
@@ -42,3 +50,9 @@ class ExamplesError(ModelSealError):
     """Personalisation examples have the wrong shape, type or range."""
 
     code = "examples_invalid"
+
+
+class BindingMismatchError(VerificationError):
+    """The device's binding secret (or the bundle's seed) does not match the binding's check."""
+
+    code = "binding_mismatch"

@@ -8,8 +8,11 @@ exported to ONNX and wrapped in an ``MSBUNDLE/1`` bundle
 ``application/vnd.modelseal.bundle``.
 
 Server wiring: a model spec with ``generator = "modelseal.models.reference:generate_iml"``
-and ``ctype = "application/vnd.modelseal.bundle"``. Option ``examples`` (integer)
-sets how many simulated examples each user contributes.
+and ``ctype = "application/vnd.modelseal.bundle"``. The user's own examples, uploaded
+by their device (``POST /v1/examples``), are used when the server holds any
+(``request.user_data``); otherwise option ``examples`` (integer) sets how many
+simulated examples each user contributes. Option ``sealed_weights = true`` lays the
+IML out as a sealed-weights bundle (:mod:`modelseal.models.sealed_weights`).
 
 ``python -m modelseal.models.reference --report`` prints each user's accuracy with
 the base model and with their IML.
@@ -197,13 +200,15 @@ def build_iml_bundle(
     examples: Examples | None = None,
     *,
     n_examples: int = DEFAULT_EXAMPLES,
+    sealed_weights: bool = False,
 ) -> bytearray:
     """The user's IML wrapped in a bundle, ready to seal.
 
     The manifest names ``model_id``, version :data:`REFERENCE_VERSION`, format
     ``onnx``, the ``input``/``logits`` signature and runtime hints; the bundle's
-    one file is ``model.onnx``. The user id appears nowhere in it (the container's
-    ``sub`` claim carries it).
+    one file is ``model.onnx``, or with ``sealed_weights`` the graph and one file
+    per weight (:func:`~modelseal.models.sealed_weights.build_sealed_weights_bundle`).
+    The user id appears nowhere in it (the container's ``sub`` claim carries it).
 
     Returns:
         A bytearray, so that the caller can wipe the plaintext after sealing.
@@ -217,6 +222,10 @@ def build_iml_bundle(
         outputs=_OUTPUTS,
         runtime=_RUNTIME_HINTS,
     )
+    if sealed_weights:
+        from modelseal.models.sealed_weights import build_sealed_weights_bundle
+
+        return build_sealed_weights_bundle(fields, onnx_bytes)
     return build_bundle(fields, [(MODEL_FILE_NAME, onnx_bytes)])
 
 
@@ -239,19 +248,36 @@ class IMLRequest(Protocol):
         ...
 
 
+class _UserData(Protocol):
+    def examples(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None: ...
+
+
 def generate_iml(request: IMLRequest) -> bytearray:
     """The server generator: one user's IML bundle, in memory.
 
-    Reads option ``examples`` (integer, default 150): how many of the user's
-    simulated examples to fine-tune on.
+    Fine-tunes on the examples the user uploaded when the request's ``user_data``
+    holds any; otherwise on option ``examples`` (integer, default 150) of the
+    user's simulated examples. Option ``sealed_weights`` (boolean) picks the layout.
 
     Raises:
         UsageError: An option or the user id is invalid.
+        ExamplesError: The uploaded examples are unusable.
     """
     n_examples = request.options.get("examples", DEFAULT_EXAMPLES)
     if isinstance(n_examples, bool) or not isinstance(n_examples, int):
         raise UsageError(f"options.examples must be an integer, got {n_examples!r}")
-    return build_iml_bundle(request.user_id, request.model_id, n_examples=n_examples)
+    sealed = request.options.get("sealed_weights", False)
+    if not isinstance(sealed, bool):
+        raise UsageError(f"options.sealed_weights must be a boolean, got {sealed!r}")
+    user_data: _UserData | None = getattr(request, "user_data", None)
+    uploaded = None if user_data is None else user_data.examples()
+    return build_iml_bundle(
+        request.user_id,
+        request.model_id,
+        uploaded,
+        n_examples=n_examples,
+        sealed_weights=sealed,
+    )
 
 
 def accuracy(model: bytes, x: npt.ArrayLike, y: npt.ArrayLike) -> float:

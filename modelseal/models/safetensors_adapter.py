@@ -14,7 +14,7 @@ match each tensor's size and tile the buffer with no gap, overlap or trailing by
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -27,7 +27,7 @@ from modelseal.models._json import decode_object, json_type
 from modelseal.models.errors import ModelFormatError
 from modelseal.models.tensors import TensorInfo, by_safetensors, checked_replacement, numpy_dtype
 
-__all__ = ["MAX_HEADER_BYTES", "SafetensorsFile"]
+__all__ = ["MAX_HEADER_BYTES", "SafetensorsFile", "TensorLocation", "parse_header"]
 
 MAX_HEADER_BYTES = 100_000_000
 _METADATA_KEY = "__metadata__"
@@ -35,10 +35,21 @@ _TENSOR_MEMBERS = frozenset({"dtype", "shape", "data_offsets"})
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
+class TensorLocation:
+    """Where one tensor's bytes lie in a safetensors file.
+
+    Attributes:
+        info: The tensor's name, dtype and shape.
+        begin: Offset of its first byte from the start of the file.
+        end: Offset just past its last byte.
+    """
+
     info: TensorInfo
-    begin: int  # absolute offsets in the file
+    begin: int
     end: int
+
+
+_Entry = TensorLocation
 
 
 def _fail(message: str) -> ModelFormatError:
@@ -110,26 +121,49 @@ class SafetensorsFile:
 
 
 def _parse(buf: bytearray) -> tuple[Mapping[str, str] | None, dict[str, _Entry]]:
-    if len(buf) < 8:
-        raise _fail(f"file is {len(buf)} bytes; the header length alone needs 8")
-    (header_len,) = struct.unpack_from("<Q", buf, 0)
+    return parse_header(lambda start, stop: bytes(buf[start:stop]), len(buf))
+
+
+def parse_header(
+    read_range: Callable[[int, int], bytes], length: int
+) -> tuple[Mapping[str, str] | None, dict[str, TensorLocation]]:
+    """Parse and check a safetensors header read through a random-access function.
+
+    Reads only the 8-byte length and the header; checks every rule that the header
+    and the file's ``length`` decide (the tensors tile the buffer exactly).
+
+    Args:
+        read_range: Returns the file's bytes ``[start, stop)``.
+        length: The file's total length.
+
+    Returns:
+        The ``__metadata__`` map (or None) and every tensor's location, by name, in
+        buffer order.
+
+    Raises:
+        ModelFormatError: The header breaks a rule of the format.
+    """
+    if length < 8:
+        raise _fail(f"file is {length} bytes; the header length alone needs 8")
+    (header_len,) = struct.unpack_from("<Q", read_range(0, 8), 0)
     if header_len > MAX_HEADER_BYTES:
         raise _fail(
             f"header length at offset 0 must be at most {MAX_HEADER_BYTES}, got {header_len}"
         )
     data_start = 8 + header_len
-    if data_start > len(buf):
-        raise _fail(f"file truncated at offset {len(buf)}: the header ends at {data_start}")
-    if header_len == 0 or buf[8] != ord("{"):
+    if data_start > length:
+        raise _fail(f"file truncated at offset {length}: the header ends at {data_start}")
+    raw_header = read_range(8, data_start)
+    if header_len == 0 or raw_header[0] != ord("{"):
         raise _fail("header at offset 8 must start with '{'")
-    header = decode_object(bytes(buf[8:data_start]), what="header", base_offset=8, error=_fail)
+    header = decode_object(raw_header, what="header", base_offset=8, error=_fail)
     metadata: Mapping[str, str] | None = None
     raw_meta = header.pop(_METADATA_KEY, None)
     if raw_meta is not None:
         if not isinstance(raw_meta, dict) or not all(isinstance(v, str) for v in raw_meta.values()):
             raise _fail(f"{_METADATA_KEY} must map strings to strings")
         metadata = MappingProxyType(dict(raw_meta))
-    buffer_len = len(buf) - data_start
+    buffer_len = length - data_start
     entries = [_parse_entry(name, obj, data_start, buffer_len) for name, obj in header.items()]
     entries.sort(key=lambda e: (e.begin, e.end))
     position = data_start
@@ -140,8 +174,8 @@ def _parse(buf: bytearray) -> tuple[Mapping[str, str] | None, dict[str, _Entry]]
                 f"tensor {entry.info.name!r} at buffer offset {entry.begin - data_start} {problem}"
             )
         position = entry.end
-    if position != len(buf):
-        raise _fail(f"{len(buf) - position} bytes after the last tensor are not covered")
+    if position != length:
+        raise _fail(f"{length - position} bytes after the last tensor are not covered")
     return metadata, {entry.info.name: entry for entry in entries}
 
 

@@ -8,7 +8,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from modelseal import __version__
-from modelseal.server.api import devices, downloads, imls, public
+from modelseal.server.api import (
+    admin,
+    attestation,
+    devices,
+    downloads,
+    events,
+    examples,
+    imls,
+    public,
+)
 from modelseal.server.api.errors import install_error_handlers
 from modelseal.server.api.middleware import (
     BodyGuardMiddleware,
@@ -36,8 +45,10 @@ def create_app(
     """Build the issuance server.
 
     Building it prepares the data directory, the database (dev: upgraded to head;
-    production: refused if behind) and the keyring, and fails jobs a previous
-    process left unfinished. The sweeper starts with the app's lifespan.
+    production: refused if behind) and the keyring, registers this process's job
+    runner, and fails jobs that dead processes left unfinished (other live server
+    processes on the same database keep theirs). The sweeper and the runner's
+    heartbeat start with the app's lifespan.
 
     Raises:
         ConfigurationError: Settings, generators, keyring or schema are not usable.
@@ -46,11 +57,14 @@ def create_app(
         services = build_services(
             settings, clock=clock, blob_store=blob_store, job_runner=job_runner
         )
+    services.runners.register()
     services.issuance.fail_interrupted()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         services.sweeper.start()
+        services.audit.start()
+        services.runners.start(on_beat=services.issuance.fail_interrupted)
         try:
             yield
         finally:
@@ -66,7 +80,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.services = services
-    for module in (devices, imls, downloads, public):
+    for module in (devices, imls, downloads, public, examples, events, admin, attestation):
         app.include_router(module.router)
     install_error_handlers(app)
     # Outermost last: request id and log line, then load shedding (before any body is

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +23,9 @@ from modelseal.keys import SignatureAlgorithm
 from modelseal.server.container import Services, build_services
 from modelseal.server.db.migrate import current_revision, head_revision, upgrade
 from modelseal.server.db.session import make_engine
+from modelseal.server.keys_cli import admin_actor, keys_app
+from modelseal.server.services.audit import AuditAction
+from modelseal.server.services.audit import admin_actor as audit_admin_actor
 from modelseal.server.settings import Settings, load_settings
 
 __all__ = ["admin_app", "server_app"]
@@ -39,6 +44,7 @@ admin_app.add_typer(devices_app, name="devices")
 admin_app.add_typer(models_app, name="models")
 admin_app.add_typer(issuances_app, name="issuances")
 admin_app.add_typer(db_app, name="db")
+admin_app.add_typer(keys_app, name="keys")
 
 ConfigOption = Annotated[
     Path | None,
@@ -76,18 +82,38 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default: settings.host)")] = None,
     port: Annotated[int | None, typer.Option(help="Bind port (default: settings.port)")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Server processes on the port (> 1: see docs/SERVER.md, 'Several processes')",
+        ),
+    ] = 1,
 ) -> None:
     """Run the issuance server under uvicorn (HTTPS when tls_certfile/tls_keyfile are set)."""
     import uvicorn
 
     from modelseal.server.app import create_app
     from modelseal.server.logging import configure_logging
+    from modelseal.server.settings import CONFIG_ENV
+    from modelseal.server.workers import APP_FACTORY, prepare
 
     configure_logging()
     settings = _guard(lambda: load_settings(config))
-    app = _guard(lambda: create_app(settings))
+    app: Any
+    if workers == 1:
+        app = _guard(lambda: create_app(settings))
+    else:
+        # Each worker process builds its own app from the same file and environment.
+        _guard(lambda: prepare(settings))
+        if config is not None:
+            os.environ[CONFIG_ENV] = str(config.resolve())
+        app = APP_FACTORY
     uvicorn.run(
         app,
+        factory=workers > 1,
+        workers=workers,
         host=host or settings.host,
         port=settings.port if port is None else port,
         ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
@@ -138,11 +164,32 @@ def _services(ctx: typer.Context) -> Iterator[Services]:
         services.close()
 
 
+def _audit_admin(services: Services, command: str, **details: str | int | None) -> None:
+    """Record an admin command in the audit log (its own transaction, right after it)."""
+    user_id = details.get("user_id")
+    with services.sessions.begin() as session:
+        services.audit.append(
+            session,
+            AuditAction.ADMIN_ACTION,
+            actor=audit_admin_actor(),
+            user_id=user_id if isinstance(user_id, int) else None,
+            details={"command": command, **details},
+        )
+
+
+def _token_id(token: str) -> str:
+    """The public id part of ``ms_<token_id>_<secret>`` (the secret never leaves here)."""
+    return token.split("_")[1] if token.count("_") >= 2 else "-"
+
+
 @users_app.command("create")
 def users_create(ctx: typer.Context, name: str) -> None:
     """Create a built-in account and print its first API token (shown once)."""
     with _services(ctx) as services:
         info, token = _guard(lambda: services.accounts.create_user(name))
+        _audit_admin(
+            services, "users.create", user_id=info.id, user_name=name, token_id=_token_id(token)
+        )
     typer.echo(f"user {info.name} created (subject {info.subject})", err=True)
     typer.echo(token)
 
@@ -155,11 +202,32 @@ def users_list(ctx: typer.Context) -> None:
             typer.echo(f"{user.id}\t{user.name or '-'}\t{user.provider}\t{user.subject}")
 
 
+@users_app.command("delete")
+def users_delete(ctx: typer.Context, name: str) -> None:
+    """Delete NAME's uploaded examples, revoke their tokens and devices, disable the account.
+
+    Issuance and audit records, which name the user only by pseudonymous subject,
+    stay for their own retention.
+    """
+    with _services(ctx) as services:
+        report = _guard(lambda: services.examples.delete_user(name))
+        for kid in report.devices:
+            _guard(functools.partial(services.devices.admin_revoke, kid))
+        _audit_admin(services, "users.delete", user_name=name)
+    typer.echo(
+        f"user {name} disabled: {report.examples} example uploads deleted, "
+        f"{report.tokens} tokens and {len(report.devices)} devices revoked",
+        err=True,
+    )
+
+
 @tokens_app.command("create")
 def tokens_create(ctx: typer.Context, user: str) -> None:
     """Create another API token for USER and print it (shown once)."""
     with _services(ctx) as services:
-        typer.echo(_guard(lambda: services.accounts.create_token(user)))
+        token = _guard(lambda: services.accounts.create_token(user))
+        _audit_admin(services, "tokens.create", user_name=user, token_id=_token_id(token))
+        typer.echo(token)
 
 
 @tokens_app.command("revoke")
@@ -167,6 +235,7 @@ def tokens_revoke(ctx: typer.Context, token_id: str) -> None:
     """Revoke a token by its id (the 16 hex characters after ``ms_``)."""
     with _services(ctx) as services:
         _guard(lambda: services.accounts.revoke_token(token_id))
+        _audit_admin(services, "tokens.revoke", token_id=token_id)
     typer.echo(f"token {token_id} revoked", err=True)
 
 
@@ -232,7 +301,7 @@ def rotate_issuer_key(
 ) -> None:
     """Create a new active issuer key; the old one stays published until its packages expire."""
     with _services(ctx) as services:
-        new = services.keyring.rotate(alg)
+        new = _guard(lambda: services.keyring.rotate(alg, actor=admin_actor()))
         for state in services.keyring.states():
             until = f" until {_when(state.retiring_until)}" if state.state == "retiring" else ""
             typer.echo(f"{state.kid}\t{state.alg}\t{state.state}{until}")
@@ -259,3 +328,9 @@ def db_upgrade(ctx: typer.Context) -> None:
         typer.echo(f"schema at {current_revision(engine)} (head {head_revision()})")
     finally:
         engine.dispose()
+
+
+# Anti-fraud operator commands (own module; it imports this one lazily).
+from modelseal.server.fraud_cli import fraud_app  # noqa: E402
+
+admin_app.add_typer(fraud_app, name="fraud")

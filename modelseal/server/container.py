@@ -7,7 +7,7 @@ Data directory layout (embedded defaults; mode 0700 throughout)::
     <data_dir>/modelseal.db     SQLite database (unless database_url points elsewhere)
     <data_dir>/blobs/<key>      sealed packages, ciphertext only, mode 0600
     <data_dir>/blobs/.tmp-*     packages being written (renamed into place when whole)
-    <data_dir>/keyring/         issuer keys and state.json (see services.keyring)
+    <data_dir>/keyring/         local signing keys (see keyservice.local; states in the DB)
 
 Nothing here is backed up, and nothing here ever holds a plaintext model.
 """
@@ -15,35 +15,41 @@ Nothing here is backed up, and nothing here ever holds a plaintext model.
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 from sqlalchemy import Engine, make_url
 
-from modelseal.keys import SignatureAlgorithm
+from modelseal.audit.note import note_signer_for
 from modelseal.server.clock import Clock, SystemClock
 from modelseal.server.db.migrate import is_at_head, upgrade
 from modelseal.server.db.session import SessionFactory, make_engine, make_session_factory
 from modelseal.server.errors import SchemaOutdatedError
-from modelseal.server.generators import Generator, load_generator
+from modelseal.server.generators import Generator, load_generator, with_user_data
 from modelseal.server.jobs import InProcessJobRunner, JobRunner
+from modelseal.server.jobs.registry import RunnerRegistry
+from modelseal.server.keyservice import KeyService, build_key_service
 from modelseal.server.metrics import Metrics
+from modelseal.server.services.abuse import AbuseService
 from modelseal.server.services.accounts import (
     AccountService,
     Authenticator,
     OIDCAuthenticator,
     TokenAuthenticator,
 )
+from modelseal.server.services.attestation import AttestationService, build_attestation_service
+from modelseal.server.services.audit import AuditLog
 from modelseal.server.services.devices import DeviceService
 from modelseal.server.services.downloads import DownloadService
 from modelseal.server.services.events import EventService
+from modelseal.server.services.examples import ExamplesService, examples_key
 from modelseal.server.services.issuance import IssuanceService
 from modelseal.server.services.keyring import Keyring
 from modelseal.server.services.links import LinkSigner
 from modelseal.server.services.sweeper import Sweeper, SweepService
-from modelseal.server.settings import Settings, decode_link_key
+from modelseal.server.services.watermarking import WatermarkingService
+from modelseal.server.settings import Settings
 from modelseal.server.storage import BlobStore, LocalDirBlobStore
 
 __all__ = ["Services", "build_services", "open_database"]
@@ -62,20 +68,30 @@ class Services:
     metrics: Metrics
     blobs: BlobStore
     keyring: Keyring
+    keys: KeyService
+    audit: AuditLog
     runner: JobRunner
+    runners: RunnerRegistry
     events: EventService
     accounts: AccountService
     authenticator: Authenticator
     devices: DeviceService
+    attestation: AttestationService
     downloads: DownloadService
     issuance: IssuanceService
     sweep: SweepService
     sweeper: Sweeper
+    watermarking: WatermarkingService
+    abuse: AbuseService
+    examples: ExamplesService
 
     def close(self) -> None:
         """Stop background work and release the database."""
         self.sweeper.stop()
         self.runner.shutdown(wait=True)
+        self.runners.stop()
+        self.audit.stop()
+        self.keys.close()
         self.engine.dispose()
 
 
@@ -109,14 +125,6 @@ def _private_sqlite_file(url: str) -> None:
     os.chmod(path, 0o600)
 
 
-def _link_key(settings: Settings) -> bytes:
-    if settings.link_signing_key is not None:
-        return decode_link_key(settings.link_signing_key.get_secret_value())
-    # Dev only (production refuses to load without a key): links die with the process.
-    _log.warning("link_signing_key_generated", detail="dev mode: links last one process")
-    return secrets.token_bytes(32)
-
-
 def build_services(
     settings: Settings,
     *,
@@ -140,14 +148,6 @@ def build_services(
     sessions = make_session_factory(engine)
     metrics = Metrics()
     blobs = blob_store if blob_store is not None else LocalDirBlobStore(settings.blob_dir)
-    keyring = Keyring(
-        settings.keyring_dir,
-        clock,
-        default_alg=SignatureAlgorithm(settings.issuer_key_alg),
-        retire_after_seconds=settings.max_package_ttl_seconds
-        + settings.issuer_retire_leeway_seconds,
-    )
-    keyring.ensure()
     runner = (
         job_runner
         if job_runner is not None
@@ -157,16 +157,41 @@ def build_services(
             retry_after_seconds=settings.retry_after_seconds,
         )
     )
+    runners = RunnerRegistry(sessions)
     events = EventService(sessions, clock)
+    audit = AuditLog(
+        sessions,
+        settings,
+        clock,
+        signer=lambda: note_signer_for(audit.origin, keys.checkpoint_signer()),
+    )
+    audit.ensure()
+    keys = build_key_service(settings, sessions, clock, events=events, audit=audit)
+    keyring = Keyring(keys)
     authenticator: Authenticator
     if settings.auth.mode == "oidc":
         authenticator = OIDCAuthenticator(sessions, settings.auth, clock)
     else:
         authenticator = TokenAuthenticator(sessions, settings.auth)
-    devices = DeviceService(sessions, events, blobs, clock)
+    attestation = build_attestation_service(sessions, settings, events, clock, audit=audit)
+    devices = DeviceService(sessions, events, blobs, clock, audit=audit, attestation=attestation)
+    abuse = AbuseService(sessions, settings, events, metrics, clock, audit=audit)
     downloads = DownloadService(
-        sessions, settings, LinkSigner(_link_key(settings)), blobs, events, metrics, clock
+        sessions,
+        settings,
+        LinkSigner(keys.link_keys),
+        blobs,
+        events,
+        metrics,
+        clock,
+        abuse=abuse,
+        audit=audit,
     )
+    watermarking = WatermarkingService(sessions, settings)
+    examples = ExamplesService(
+        sessions, settings.examples, examples_key(settings.examples, settings.keyring_dir), clock
+    )
+    generators = {k: with_user_data(g, examples.user_data) for k, g in generators.items()}
     issuance = IssuanceService(
         sessions,
         settings,
@@ -179,8 +204,13 @@ def build_services(
         events,
         metrics,
         clock,
+        watermarking=watermarking,
+        abuse=abuse,
+        audit=audit,
+        attestation=attestation,
+        runners=runners,
     )
-    sweep = SweepService(sessions, settings, blobs, keyring, clock)
+    sweep = SweepService(sessions, settings, blobs, keyring, clock, audit=audit)
     return Services(
         settings=settings,
         clock=clock,
@@ -189,13 +219,20 @@ def build_services(
         metrics=metrics,
         blobs=blobs,
         keyring=keyring,
+        keys=keys,
+        audit=audit,
         runner=runner,
+        runners=runners,
         events=events,
         accounts=AccountService(sessions, settings.auth, clock),
         authenticator=authenticator,
         devices=devices,
+        attestation=attestation,
         downloads=downloads,
         issuance=issuance,
         sweep=sweep,
         sweeper=Sweeper(sweep, settings.sweep_interval_seconds),
+        watermarking=watermarking,
+        examples=examples,
+        abuse=abuse,
     )

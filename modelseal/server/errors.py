@@ -10,11 +10,14 @@ from __future__ import annotations
 from modelseal.errors import ModelSealError
 
 __all__ = [
+    "AccountBlockedError",
+    "ApiVersionError",
     "AuthenticationError",
     "ConfigurationError",
     "ConflictError",
     "DeviceKeyPinnedError",
     "DeviceRevokedError",
+    "EventRejectedError",
     "KeyAlreadyRegisteredError",
     "LinkError",
     "LinkExpiredError",
@@ -24,8 +27,12 @@ __all__ = [
     "NotFoundError",
     "ObjectGoneError",
     "OverloadedError",
+    "OverrideInvalidError",
     "QueueFullError",
+    "QuotaExceededError",
     "RangeNotSatisfiableError",
+    "RateLimitedError",
+    "RetryLaterError",
     "SchemaOutdatedError",
     "ServerError",
     "ShuttingDownError",
@@ -187,3 +194,70 @@ class ShuttingDownError(OverloadedError, RuntimeError):
     """
 
     code = "shutting_down"
+
+
+# --- abuse controls (issue 6) ---------------------------------------------------------------
+
+
+class RetryLaterError(ServerError):
+    """A policy refusal that ends by itself: the client may retry after a delay.
+
+    Attributes:
+        retry_after_seconds: The delay to announce in ``Retry-After``.
+    """
+
+    code = "retry_later"
+
+    def __init__(self, message: str, retry_after_seconds: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = max(1, retry_after_seconds)
+
+    def __reduce__(self) -> tuple[type[RetryLaterError], tuple[str, int]]:  # type: ignore[override]
+        return (type(self), (self.message, self.retry_after_seconds))
+
+
+class RateLimitedError(RetryLaterError):
+    """Too many requests from this user, device or address in the current window."""
+
+    code = "rate_limited"
+
+
+class QuotaExceededError(RetryLaterError):
+    """The user has had the IMLs of this model the quota allows in the current period.
+
+    Attributes:
+        resets_at: Unix time at which the next period starts.
+    """
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, retry_after_seconds: int = 1, resets_at: int = 0) -> None:
+        super().__init__(message, retry_after_seconds)
+        self.resets_at = resets_at
+
+    def __reduce__(self) -> tuple[type[QuotaExceededError], tuple[str, int, int]]:  # type: ignore[override]
+        return (type(self), (self.message, self.retry_after_seconds, self.resets_at))
+
+
+class AccountBlockedError(ServerError):
+    """The account's fraud verdict is ``malicious``: nothing is served but events."""
+
+    code = "account_blocked"
+
+
+class ApiVersionError(ServerError):
+    """The ``X-Modelseal-Api-Version`` header names a version this server does not accept."""
+
+    code = "api_version_unsupported"
+
+
+class EventRejectedError(ServerError):
+    """A reported event is not acceptable (unknown type, time far off, details too big)."""
+
+    code = "event_invalid"
+
+
+class OverrideInvalidError(ServerError):
+    """An operator's verdict override is not acceptable (empty reason, expiry in the past)."""
+
+    code = "override_invalid"

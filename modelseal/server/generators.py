@@ -4,31 +4,49 @@ A generator is any callable ``(GenerationRequest) -> bytes | bytearray``, named 
 the settings by import path (``"package.module:callable"``). The server seals its
 result at once and keeps only the ciphertext; a returned ``bytearray`` is wiped
 after sealing (``bytes`` cannot be wiped, so returning a bytearray is preferred).
+
+A generator that personalises from the user's own data reads it through
+``request.user_data`` (a :class:`UserData`; None when the server has no store of
+user data), for instance the examples the user's device uploaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from modelseal.server.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = [
     "DEFAULT_TEST_SIZE_BYTES",
     "GenerationRequest",
     "Generator",
+    "UserData",
     "canary_generator",
     "deterministic_test_generator",
     "load_generator",
+    "with_user_data",
 ]
 
 DEFAULT_TEST_SIZE_BYTES = 4096
 MAX_TEST_SIZE_BYTES = 256 << 20
 _TEST_LABEL = b"modelseal/1 test-generator"
+
+
+class UserData(Protocol):
+    """One user's data held by the server, read only when a generator asks for it."""
+
+    def examples(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None:
+        """The user's uploaded examples ``(x [n, 64], y [n])``, or None when there are none."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +59,7 @@ class GenerationRequest:
         device_id: The device the package is for (the ``aud`` claim).
         jti: The issuance id, for per-issuance watermarks.
         options: The model's ``options`` from the settings.
+        user_data: The user's stored data (uploaded examples), or None.
     """
 
     user_id: str
@@ -48,6 +67,7 @@ class GenerationRequest:
     device_id: str
     jti: str
     options: Mapping[str, str | int | bool] = field(default_factory=lambda: MappingProxyType({}))
+    user_data: UserData | None = None
 
 
 @runtime_checkable
@@ -88,6 +108,17 @@ def canary_generator(request: GenerationRequest) -> bytearray:
     body = deterministic_test_generator(request)
     middle = len(body) // 2
     return body[:middle] + canary + body[middle:]
+
+
+def with_user_data(generator: Generator, user_data: Callable[[str], UserData]) -> Generator:
+    """Wrap ``generator`` so that each request carries ``user_data(request.user_id)``."""
+
+    def generate(request: GenerationRequest, /) -> bytes | bytearray:
+        if request.user_data is None:
+            request = replace(request, user_data=user_data(request.user_id))
+        return generator(request)
+
+    return generate
 
 
 def load_generator(import_path: str) -> Generator:

@@ -22,6 +22,12 @@ class Metrics:
         rejected_requests_total: Requests refused for capacity, by reason
             (``overloaded``: too many requests in flight or working; ``queue_full``: job
             queue full; ``shutting_down``: the job runner has stopped).
+        abuse_refusals_total: Requests refused by the abuse policy, by reason
+            (``rate_limited``, ``quota_exceeded``, ``account_blocked``,
+            ``api_version_unsupported``).
+        honey_token_uses_total: Uses of decoys, by kind (``model_id``, ``account``,
+            ``device_key``); any increase is an alert.
+        fraud_verdict_changes_total: Computed verdict changes, by new verdict.
     """
 
     def __init__(self) -> None:
@@ -49,6 +55,22 @@ class Metrics:
             "rejected_requests",
             "Requests refused for capacity, by reason",
             ["reason"],
+            registry=self.registry,
+        )
+
+        self.abuse_refusals_total = Counter(
+            "abuse_refusals",
+            "Requests refused by the abuse policy, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.honey_token_uses_total = Counter(
+            "honey_token_uses", "Uses of decoy tokens, by kind", ["kind"], registry=self.registry
+        )
+        self.fraud_verdict_changes_total = Counter(
+            "fraud_verdict_changes",
+            "Computed fraud verdict changes, by new verdict",
+            ["verdict"],
             registry=self.registry,
         )
 

@@ -196,6 +196,26 @@ def test_the_session_outlives_the_wiped_model_bytes() -> None:
     np.testing.assert_allclose(logits, EXPECTED, rtol=1e-6)
 
 
+def resident_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_wiping_large_wipeable_bytes_gives_its_pages_back() -> None:
+    size = 64 << 20
+    buffer = WipeableBytes(size)
+    buffer.view[:] = b"\xa5" * size
+    value = buffer.value  # the runtime would hold this reference
+    before = resident_bytes()
+    buffer.wipe()
+    after = resident_bytes()
+    assert before - after > size * 3 // 4
+    assert value[: 1 << 20] == bytes(1 << 20)
+    assert value[-(1 << 20) :] == bytes(1 << 20)
+
+
 def test_wipe_zeroes_a_bytearray() -> None:
     data = bytearray(b"secret model")
     wipe(data)

@@ -114,15 +114,14 @@ def test_a_changed_server_key_is_refused_and_reported_on_the_next_good_connectio
     write_private_bytes(config_path, good)
     before = len(request_lines(tls_server))
     assert reopen(root).fetch("m1").acknowledged
-    # The event was offered to POST /v1/events; this server has no such endpoint (404),
-    # so the event stays queued for a server that has one.
-    offered = [
+    # The event is delivered on the next good connection, accepted, and leaves the outbox.
+    delivered = [
         line
         for line in request_lines(tls_server)[before:]
-        if line["method"] == "POST" and line["status"] == 404
+        if line["method"] == "POST" and line["route"] == "/v1/events"
     ]
-    assert len(offered) == 1
-    assert [e.type for e in reopen(root).pending_events()] == ["tls_pin_mismatch"]
+    assert [line["status"] for line in delivered] == [202]
+    assert reopen(root).pending_events() == []
 
 
 def test_a_server_certificate_the_device_does_not_trust_is_refused(

@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 from modelseal.keys import SignatureAlgorithm, parse_jwks
-from modelseal.server.clock import ManualClock
-from modelseal.server.services.keyring import Keyring
+from modelseal.server.container import build_services
 
 from .conftest import Harness, start
 
 
-def test_the_keyring_is_created_private_with_one_active_key(tmp_path: Path) -> None:
-    keyring = Keyring(tmp_path / "kr", ManualClock(1000), retire_after_seconds=100)
-    keyring.ensure()
-    assert (tmp_path / "kr").stat().st_mode & 0o777 == 0o700
-    files = sorted(p.name for p in (tmp_path / "kr").iterdir())
+def test_the_keyring_is_created_private_with_one_active_key(server: Harness) -> None:
+    keyring = server.services.keyring
+    directory = server.settings.keyring_dir
+    assert directory.stat().st_mode & 0o777 == 0o700
     [state] = keyring.states()
     assert state.state == "active"
-    assert files == [".lock", f"{state.kid}.jwk", "state.json"]
+    [checkpoint] = server.services.keys.list_keys("checkpoint")
+    files = sorted(p.name for p in directory.glob("*.jwk"))
+    assert files == sorted([f"{state.kid}.jwk", f"checkpoint-{checkpoint.kid}.jwk"])
     for name in files:
-        assert (tmp_path / "kr" / name).stat().st_mode & 0o777 == 0o600
+        assert (directory / name).stat().st_mode & 0o777 == 0o600
     assert keyring.active_signer().kid == state.kid
     jwks = keyring.jwks()
     assert [k["kid"] for k in jwks["keys"]] == [state.kid]
@@ -31,25 +30,27 @@ def test_the_keyring_is_created_private_with_one_active_key(tmp_path: Path) -> N
     assert len(keyring.states()) == 1
 
 
-def test_rotation_keeps_the_old_key_published_until_its_packages_expire(tmp_path: Path) -> None:
-    clock = ManualClock(1000)
-    keyring = Keyring(tmp_path / "kr", clock, retire_after_seconds=1200)
-    keyring.ensure()
+def test_rotation_keeps_the_old_key_published_until_its_packages_expire(
+    server: Harness,
+) -> None:
+    keyring, clock = server.services.keyring, server.clock
+    directory = server.settings.keyring_dir
+    now = int(clock())
     old = keyring.active_signer().kid
     new = keyring.rotate(SignatureAlgorithm.ES256)
     assert keyring.active_signer().kid == new.kid
     assert keyring.active_signer().alg is SignatureAlgorithm.ES256
     states = {s.kid: s for s in keyring.states()}
     assert states[old].state == "retiring"
-    assert states[old].retiring_until == 2200
+    assert states[old].retiring_until == now + 900 + 300  # longest package TTL + leeway
     assert {k["kid"] for k in keyring.jwks()["keys"]} == {old, new.kid}
-    clock.now = 2199
+    clock.advance(1199)
     assert keyring.prune() == []
     assert {k["kid"] for k in keyring.jwks()["keys"]} == {old, new.kid}
-    clock.now = 2200
+    clock.advance(1)
     assert {k["kid"] for k in keyring.jwks()["keys"]} == {new.kid}
     assert keyring.prune() == [old]
-    assert not (tmp_path / "kr" / f"{old}.jwk").exists()
+    assert not (directory / f"{old}.jwk").exists()
     assert {s.kid: s.state for s in keyring.states()}[old] == "retired"
 
 
@@ -61,9 +62,12 @@ def test_a_running_server_sees_a_rotation_made_by_another_process(
         device = server.register(token, "phone")
         before = server.issue(token, device, "m2")
         package = server.client.get(before["download_url"], headers=server.auth(token, "phone"))
-        # The admin command works on the same directory through its own Keyring object.
-        other = Keyring(server.settings.keyring_dir, server.clock, retire_after_seconds=900 + 300)
-        new = other.rotate()
+        # The admin command works on the same database through services of its own.
+        other = build_services(server.settings, clock=server.clock)
+        try:
+            new = other.keyring.rotate()
+        finally:
+            other.close()
         jwks = server.jwks()
         assert len(jwks["keys"]) == 2
         response = server.client.get("/.well-known/modelseal/issuer-jwks.json")
@@ -76,11 +80,10 @@ def test_a_running_server_sees_a_rotation_made_by_another_process(
         # Once every package the old key signed has expired, it leaves the set.
         server.clock.advance(1200)
         assert [k["kid"] for k in server.jwks()["keys"]] == [new.kid]
-        state = json.loads((server.settings.keyring_dir / "state.json").read_text())
-        assert [k["state"] for k in state["keys"]] == ["retiring", "active"]
+        keyring = server.services.keyring
+        assert [k.state for k in keyring.states()] == ["retiring", "active"]
         server.services.sweep.run_once()
-        state = json.loads((server.settings.keyring_dir / "state.json").read_text())
-        assert [k["state"] for k in state["keys"]] == ["retired", "active"]
+        assert [k.state for k in keyring.states()] == ["retired", "active"]
         assert parse_jwks(server.jwks())
 
 

@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 
+from modelseal.server.api.attestation import DeviceEnrollIn
 from modelseal.server.api.deps import CurrentPrincipal, ServicesDep
 from modelseal.server.api.errors import ERROR_RESPONSES
-from modelseal.server.api.schemas import DEVICE_ID_REGEX, DeviceIn, DeviceList, DeviceOut
+from modelseal.server.api.schemas import DEVICE_ID_REGEX, DeviceList, DeviceOut
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=ERROR_RESPONSES)
 
@@ -24,11 +25,15 @@ DeviceIdPath = Annotated[str, Path(pattern=DEVICE_ID_REGEX)]
     },
 )
 def register_device(
-    body: DeviceIn, principal: CurrentPrincipal, services: ServicesDep, response: Response
+    body: DeviceEnrollIn, principal: CurrentPrincipal, services: ServicesDep, response: Response
 ) -> DeviceOut:
-    """Pin a device public key to the caller and this device id."""
+    """Pin a device public key to the caller and this device id (optionally attested)."""
     info, created = services.devices.register(
-        principal, body.device_id, body.app_version, body.public_key
+        principal,
+        body.device_id,
+        body.app_version,
+        body.public_key,
+        body.attestation.to_service() if body.attestation is not None else None,
     )
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -11,6 +11,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelseal.attestation.base import (
+    AttestationConfigError,
+    AttestationError,
+    AttestationMalformedError,
+    AttestationUnsupportedError,
+)
+from modelseal.attestation.revocation import RevocationUnavailableError
 from modelseal.errors import (
     ClaimsError,
     FormatError,
@@ -21,10 +28,13 @@ from modelseal.errors import (
 )
 from modelseal.server.api.schemas import ErrorBody
 from modelseal.server.errors import (
+    AccountBlockedError,
+    ApiVersionError,
     AuthenticationError,
     ConfigurationError,
     ConflictError,
     DeviceRevokedError,
+    EventRejectedError,
     LinkExpiredError,
     LinkInvalidError,
     LinkUsedError,
@@ -32,11 +42,15 @@ from modelseal.server.errors import (
     NotFoundError,
     ObjectGoneError,
     OverloadedError,
+    OverrideInvalidError,
     QueueFullError,
+    QuotaExceededError,
     RangeNotSatisfiableError,
+    RetryLaterError,
     TooManyLinksError,
     UnknownModelError,
 )
+from modelseal.server.services.examples import ExamplesInvalidError, ExamplesLimitError
 
 __all__ = ["ERROR_RESPONSES", "STATUS_BY_ERROR", "error_response", "install_error_handlers"]
 
@@ -63,6 +77,20 @@ STATUS_BY_ERROR: dict[type[ModelSealError], int] = {
     ClaimsError: 422,
     UsageError: 500,
     ConfigurationError: 500,
+    RetryLaterError: 429,
+    AccountBlockedError: 403,
+    ApiVersionError: 400,
+    EventRejectedError: 422,
+    OverrideInvalidError: 422,
+    ExamplesInvalidError: 422,
+    ExamplesLimitError: 422,
+    AttestationError: 403,
+    AttestationMalformedError: 422,
+    AttestationUnsupportedError: 422,
+    AttestationConfigError: 500,
+    # Google's status list could not be read and the checker fails closed: not the
+    # device's fault, and worth retrying.
+    RevocationUnavailableError: 503,
 }
 _HTTP_CODES = {
     400: "bad_request",
@@ -83,11 +111,17 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, int] | None = None,
 ) -> JSONResponse:
-    """The one error body shape."""
+    """The one error body shape (``extra``: machine-readable members such as ``resets_at``)."""
     return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+        {"error": {"code": code, "message": message, **(extra or {})}},
+        status_code=status,
+        headers=headers,
     )
 
 
@@ -111,6 +145,13 @@ async def _modelseal_error(request: Request, exc: Exception) -> JSONResponse:
         # A refusal for capacity, not a fault: the client is told when to come back.
         headers["Retry-After"] = str(exc.retry_after_seconds)
         return error_response(status, exc.code, exc.message, headers)
+    if isinstance(exc, RetryLaterError):
+        # Quotas and rate limits: say when to come back, in the header and the body.
+        headers["Retry-After"] = str(exc.retry_after_seconds)
+        extra = {"retry_after_seconds": exc.retry_after_seconds}
+        if isinstance(exc, QuotaExceededError):
+            extra["resets_at"] = exc.resets_at
+        return error_response(status, exc.code, exc.message, headers, extra)
     if status >= 500:
         _log.error("server_error", code=exc.code, error_type=type(exc).__name__)
         return error_response(500, "internal_error", "internal server error")

@@ -109,6 +109,8 @@ class Job(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     started_at: Mapped[int | None] = mapped_column(BigInteger)
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
+    # The server process (jobs.registry) whose in-memory queue holds the job.
+    runner_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class Issuance(Base):
@@ -169,3 +171,13 @@ class Event(Base):
     source: Mapped[str] = mapped_column(String(16))
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+# Tables of other areas register on the same metadata (imported last: they use Base).
+from modelseal.server.db import abuse_models as abuse_models  # noqa: E402
+from modelseal.server.db import attestation_models as attestation_models  # noqa: E402
+from modelseal.server.db import audit_models as audit_models  # noqa: E402
+from modelseal.server.db import examples_models as examples_models  # noqa: E402
+from modelseal.server.db import key_models as key_models  # noqa: E402
+from modelseal.server.db import runner_models as runner_models  # noqa: E402
+from modelseal.server.db import watermark_models as watermark_models  # noqa: E402

@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 
 from modelseal.server.clock import Clock
 from modelseal.server.db.models import ApiToken, User
-from modelseal.server.db.session import SessionFactory
+from modelseal.server.db.session import SessionFactory, reading
 from modelseal.server.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -142,7 +142,8 @@ class TokenAuthenticator:
     def authenticate(self, credential: str) -> Principal:
         """Verify an ``ms_<token_id>_<secret>`` token."""
         token_id, secret = _split_token(credential)
-        with self._sessions() as session:
+        # A read: on SQLite it neither waits for nor blocks writers.
+        with reading(self._sessions) as session:
             row = session.execute(
                 select(ApiToken, User)
                 .join(User, User.id == ApiToken.user_id)

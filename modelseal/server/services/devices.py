@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from modelseal.attestation.base import AttestationUnsupportedError
 from modelseal.errors import KeyFormatError
 from modelseal.keys import RecipientPrivateKey, RecipientPublicKey, jwk_to_key, key_to_jwk
 from modelseal.server.clock import Clock
@@ -31,6 +32,12 @@ from modelseal.server.errors import (
     NotFoundError,
 )
 from modelseal.server.services.accounts import Principal
+from modelseal.server.services.attestation import (
+    AttestationIn,
+    AttestationService,
+    VerifiedAttestation,
+)
+from modelseal.server.services.audit import AuditAction, AuditLog, admin_actor, user_actor
 from modelseal.server.services.events import EventService, EventType
 from modelseal.server.storage import BlobStore
 
@@ -100,18 +107,35 @@ class DeviceService:
     """Registers, lists and revokes devices."""
 
     def __init__(
-        self, sessions: SessionFactory, events: EventService, blobs: BlobStore, clock: Clock
+        self,
+        sessions: SessionFactory,
+        events: EventService,
+        blobs: BlobStore,
+        clock: Clock,
+        *,
+        audit: AuditLog,
+        attestation: AttestationService | None = None,
     ) -> None:
-        """Wire the service."""
+        """Wire the service; registrations and revocations are audited in their transaction."""
+        self._audit = audit
+        self._attestation = attestation
         self._sessions = sessions
         self._events = events
         self._blobs = blobs
         self._clock = clock
 
     def register(
-        self, principal: Principal, device_id: str, app_version: str, public_key: object
+        self,
+        principal: Principal,
+        device_id: str,
+        app_version: str,
+        public_key: object,
+        attestation: AttestationIn | None = None,
     ) -> tuple[DeviceInfo, bool]:
-        """Pin ``public_key`` to (caller, ``device_id``).
+        """Pin ``public_key`` to (caller, ``device_id``), with an optional attestation.
+
+        An attestation is verified before anything is stored (its challenge is used up
+        even if it fails) and recorded on the device (``docs/ATTESTATION.md``).
 
         Returns:
             The device and whether it was created (False: the same registration again).
@@ -120,19 +144,30 @@ class DeviceService:
             KeyFormatError: The key is unusable.
             KeyAlreadyRegisteredError: The key is pinned to another device or user.
             DeviceKeyPinnedError: The device id is pinned to another key, or was revoked.
+            AttestationError: The attestation or its challenge was refused.
         """
         if not DEVICE_ID_PATTERN.fullmatch(device_id):
             raise ValueError(f"device_id must match {DEVICE_ID_PATTERN.pattern}")
         key = parse_device_key(public_key)
+        verified: VerifiedAttestation | None = None
+        if attestation is not None:
+            if self._attestation is None:
+                raise AttestationUnsupportedError("attestation is not configured on this server")
+            verified = self._attestation.verify_enrollment(principal, device_id, key, attestation)
         for _attempt in range(2):
             try:
-                return self._register_once(principal, device_id, app_version, key)
+                return self._register_once(principal, device_id, app_version, key, verified)
             except IntegrityError:
                 continue  # a concurrent registration won a unique constraint; re-evaluate
         raise KeyAlreadyRegisteredError("the key is already registered")
 
     def _register_once(
-        self, principal: Principal, device_id: str, app_version: str, key: RecipientPublicKey
+        self,
+        principal: Principal,
+        device_id: str,
+        app_version: str,
+        key: RecipientPublicKey,
+        verified: VerifiedAttestation | None = None,
     ) -> tuple[DeviceInfo, bool]:
         reuse: Device | None = None
         with self._sessions.begin() as session:
@@ -147,6 +182,8 @@ class DeviceService:
                         "this device id is pinned to another key; revoke it and register "
                         "a new device id to rotate"
                     )
+                if verified is not None and self._attestation is not None:
+                    self._attestation.record(session, mine, verified)
                 return _info(mine), False
             reuse = session.scalars(select(Device).where(Device.kid == key.kid)).first()
             if reuse is None:
@@ -161,9 +198,19 @@ class DeviceService:
                 )
                 session.add(device)
                 session.flush()
+                if verified is not None and self._attestation is not None:
+                    self._attestation.record(session, device, verified)
                 self._events.add(
                     session,
                     EventType.DEVICE_REGISTERED,
+                    user_id=principal.user_id,
+                    device_id=device_id,
+                    details={"kid": key.kid, "kem": key.kem.label, "app_version": app_version},
+                )
+                self._audit.append(
+                    session,
+                    AuditAction.DEVICE_REGISTERED,
+                    actor=user_actor(principal.user_id),
                     user_id=principal.user_id,
                     device_id=device_id,
                     details={"kid": key.kid, "kem": key.kem.label, "app_version": app_version},
@@ -222,10 +269,11 @@ class DeviceService:
             device = self._find(session, principal.user_id, device_id)
             if device is None:
                 raise NotFoundError("no such device")
-            return self._revoke(session, device)
+            return self._revoke(session, device, user_actor(principal.user_id))
 
-    def _revoke(self, session: Session, device: Device) -> DeviceInfo:
+    def _revoke(self, session: Session, device: Device, actor: str) -> DeviceInfo:
         now = int(self._clock())
+        newly_revoked = device.revoked_at is None
         if device.revoked_at is None:
             device.revoked_at = now
             self._events.add(
@@ -238,10 +286,31 @@ class DeviceService:
         pending = session.scalars(
             select(Issuance).where(Issuance.device_pk == device.id, Issuance.deleted_at.is_(None))
         )
-        for issuance in pending:
+        deleted = list(pending)
+        for issuance in deleted:
             self._blobs.delete(issuance.blob_key)
             issuance.deleted_at = now
             issuance.deleted_reason = "revoked"
+        # Audited last: appending holds the log's lock until commit.
+        for issuance in deleted:
+            self._audit.append(
+                session,
+                AuditAction.ISSUANCE_DELETED,
+                actor=actor,
+                user_id=device.user_id,
+                device_id=device.device_id,
+                model_id=issuance.model_id,
+                details={"jti": issuance.jti, "reason": "revoked"},
+            )
+        if newly_revoked:
+            self._audit.append(
+                session,
+                AuditAction.DEVICE_REVOKED,
+                actor=actor,
+                user_id=device.user_id,
+                device_id=device.device_id,
+                details={"kid": device.kid},
+            )
         return _info(device)
 
     # --- operator views -----------------------------------------------------------------
@@ -254,8 +323,12 @@ class DeviceService:
                 query = query.where(User.name == user_name)
             return [(user.name, _info(device)) for device, user in session.execute(query)]
 
-    def admin_revoke(self, kid_or_device_id: str, user_name: str | None = None) -> DeviceInfo:
+    def admin_revoke(
+        self, kid_or_device_id: str, user_name: str | None = None, *, actor: str | None = None
+    ) -> DeviceInfo:
         """Revoke a device by kid, or by device id (with ``user_name`` if ambiguous).
+
+        ``actor`` names the operator in the audit log (default: the OS user).
 
         Raises:
             NotFoundError: No device, or more than one, matches.
@@ -273,4 +346,4 @@ class DeviceService:
                 raise NotFoundError(
                     f"{len(matches)} devices match {kid_or_device_id!r}; give a kid or a user"
                 )
-            return self._revoke(session, matches[0])
+            return self._revoke(session, matches[0], actor or admin_actor())

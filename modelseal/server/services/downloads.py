@@ -16,7 +16,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import structlog
 from sqlalchemy import func, select
@@ -39,10 +39,14 @@ from modelseal.server.errors import (
 )
 from modelseal.server.metrics import Metrics
 from modelseal.server.services.accounts import Principal
+from modelseal.server.services.audit import AuditAction, AuditLog, user_actor
 from modelseal.server.services.events import EventService, EventType
 from modelseal.server.services.links import LinkPayload, LinkSigner
 from modelseal.server.settings import Settings
 from modelseal.server.storage import BlobNotFoundError, BlobStore
+
+if TYPE_CHECKING:
+    from modelseal.server.services.abuse import AbuseService
 
 __all__ = ["DOWNLOAD_PATH", "Download", "DownloadService", "IssuedLink", "parse_range"]
 
@@ -118,8 +122,16 @@ class DownloadService:
         events: EventService,
         metrics: Metrics,
         clock: Clock,
+        abuse: AbuseService | None = None,
+        *,
+        audit: AuditLog,
     ) -> None:
-        """Wire the service."""
+        """Wire the service; ``abuse`` refuses links and downloads to blocked accounts.
+
+        New links and completed downloads are audited (link ids only, never tokens).
+        """
+        self._audit = audit
+        self._abuse = abuse
         self._sessions = sessions
         self._settings = settings
         self._signer = signer
@@ -138,7 +150,10 @@ class DownloadService:
 
         Raises:
             TooManyLinksError: The issuance has had its share of links.
+            AccountBlockedError: The user's fraud verdict is ``malicious``.
         """
+        if self._abuse is not None:
+            self._abuse.require_not_blocked(session, principal.user_id)
         now = int(self._clock())
         spec = self._settings.model(issuance.model_id)
         ttl = spec.link_ttl_seconds if spec is not None else 300
@@ -166,6 +181,15 @@ class DownloadService:
             expires_at=min(now + ttl, issuance.blob_expires_at),
         )
         session.add(link)
+        self._audit.append(
+            session,
+            AuditAction.LINK_CREATED,
+            actor=user_actor(principal.user_id),
+            user_id=principal.user_id,
+            device_id=device.device_id,
+            model_id=issuance.model_id,
+            details={"lid": link.lid, "jti": issuance.jti, "expires_at": link.expires_at},
+        )
         return self._issued(link, issuance.jti, principal, device)
 
     def _issued(
@@ -193,7 +217,8 @@ class DownloadService:
 
         Raises:
             LinkInvalidError, LinkExpiredError, LinkWrongDeviceError, LinkUsedError,
-            ObjectGoneError, DeviceRevokedError, RangeNotSatisfiableError: Refused;
+            ObjectGoneError, DeviceRevokedError, RangeNotSatisfiableError,
+            AccountBlockedError: Refused;
             counted by reason and recorded as an ``access_error`` event. Nothing of
             the object is read before every check passed.
         """
@@ -229,6 +254,9 @@ class DownloadService:
                 raise LinkInvalidError("link does not verify")
             if link.user_id != principal.user_id or payload.uid != principal.subject:
                 raise LinkWrongDeviceError("the link is bound to another user or device")
+            if self._abuse is not None:
+                # Links minted before a block die with it.
+                self._abuse.require_not_blocked(session, principal.user_id)
             device = session.get(Device, link.device_pk)
             if device is None or device_header is None or device_header != payload.did:
                 raise LinkWrongDeviceError("the link is bound to another user or device")
@@ -262,6 +290,18 @@ class DownloadService:
         try:
             with self._sessions.begin() as session:
                 session.add(LinkUse(lid=lid, used_at=int(self._clock())))
+                link = session.get(DownloadLink, lid)
+                issuance = session.get(Issuance, link.jti) if link is not None else None
+                device = session.get(Device, link.device_pk) if link is not None else None
+                self._audit.append(
+                    session,
+                    AuditAction.DOWNLOAD_COMPLETED,
+                    actor=user_actor(link.user_id) if link is not None else "unknown",
+                    user_id=link.user_id if link is not None else None,
+                    device_id=device.device_id if device is not None else None,
+                    model_id=issuance.model_id if issuance is not None else None,
+                    details={"lid": lid, "jti": link.jti if link is not None else None},
+                )
         except IntegrityError:
             self._metrics.access_errors_total.labels(reason=LinkUsedError.code).inc()
             raise LinkUsedError("the link has been used") from None

@@ -1,12 +1,13 @@
 """The events service: security-relevant facts, from the server or reported by the app.
 
-Events feed the anti-fraud engine (a later issue); today the server records access
-errors on download links and device keys presented twice.
+Events feed the fraud verdicts (:mod:`modelseal.server.services.abuse`): each added event
+of a type the rules use triggers a recomputation of its user's verdict, in the same
+transaction, through the listeners registered with :meth:`EventService.subscribe`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -40,6 +41,18 @@ class EventType(StrEnum):
     DEVICE_REVOKED = "device_revoked"
     ISSUANCE_ACKED = "issuance_acked"
     ISSUER_KEY_ROTATED = "issuer_key_rotated"
+    # Abuse controls (issue 6); the names are the fraud engine's ServerEventType values.
+    RATE_LIMITED = "rate_limited"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    API_VERSION_OBSOLETE = "api_version_obsolete"
+    API_VERSION_INVALID = "api_version_invalid"
+    ATTESTATION_FAILED = "attestation_failed"
+    ATTESTATION_MISSING = "attestation_missing"
+    HONEY_TOKEN_USED = "honey_token_used"  # noqa: S105 - an event type, not a secret
+    CREDENTIAL_FAILURE = "credential_failure"
+    IML_REQUESTED = "iml_requested"
+    FRAUD_OVERRIDE = "fraud_override"
+    LINKED_ACCOUNT_BLOCKED = "linked_account_blocked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +75,14 @@ class EventService:
         """Use ``sessions`` for storage and ``clock`` for timestamps."""
         self._sessions = sessions
         self._clock = clock
+        self._listeners: list[Callable[[Session, Event], None]] = []
+
+    def subscribe(self, listener: Callable[[Session, Event], None]) -> None:
+        """Call ``listener(session, event)`` after each event is added, in its transaction.
+
+        The fraud verdicts use it to recompute a user's verdict when an event arrives.
+        """
+        self._listeners.append(listener)
 
     def add(
         self,
@@ -72,19 +93,24 @@ class EventService:
         device_id: str | None = None,
         source: EventSource = EventSource.SERVER,
         details: Mapping[str, Any] | None = None,
+        ip: str | None = None,
     ) -> None:
-        """Add an event inside the caller's transaction."""
-        session.add(
-            Event(
-                type=str(type_),
-                user_id=user_id,
-                device_id=device_id,
-                source=str(source),
-                details=dict(details or {}),
-                created_at=int(self._clock()),
-            )
+        """Add an event inside the caller's transaction (``ip``: the client address, if any)."""
+        stored = dict(details or {})
+        if ip is not None:
+            stored["ip"] = ip
+        event = Event(
+            type=str(type_),
+            user_id=user_id,
+            device_id=device_id,
+            source=str(source),
+            details=stored,
+            created_at=int(self._clock()),
         )
+        session.add(event)
         _log.info("event", type=str(type_), user_id=user_id, source=str(source))
+        for listener in self._listeners:
+            listener(session, event)
 
     def record(
         self,
@@ -94,6 +120,7 @@ class EventService:
         device_id: str | None = None,
         source: EventSource = EventSource.SERVER,
         details: Mapping[str, Any] | None = None,
+        ip: str | None = None,
     ) -> None:
         """Record an event in its own transaction (used after a refused request)."""
         with self._sessions.begin() as session:
@@ -104,6 +131,7 @@ class EventService:
                 device_id=device_id,
                 source=source,
                 details=details,
+                ip=ip,
             )
 
     def recent(self, *, type_: str | None = None, limit: int = 100) -> list[EventRecord]:

@@ -9,36 +9,45 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
-from sqlalchemy import CursorResult, Result, select, update
+from sqlalchemy import ColumnElement, CursorResult, Result, select, update
 from sqlalchemy.orm import Session
 
+from modelseal.attestation.base import AttestationRequiredError
 from modelseal.envelope import Claims, IssueTo, seal_into, sealed_size
 from modelseal.errors import ModelSealError
 from modelseal.keys import RecipientPublicKey, jwk_to_key
 from modelseal.server.clock import Clock
 from modelseal.server.db.models import Device, Issuance, Job, User
-from modelseal.server.db.session import SessionFactory
+from modelseal.server.db.session import SessionFactory, reading
 from modelseal.server.errors import (
     DeviceRevokedError,
     NotFoundError,
     OverloadedError,
+    QuotaExceededError,
     UnknownModelError,
 )
 from modelseal.server.generators import GenerationRequest, Generator
 from modelseal.server.jobs import JobRunner
 from modelseal.server.metrics import Metrics
 from modelseal.server.services.accounts import Principal
+from modelseal.server.services.attestation import AttestationService
+from modelseal.server.services.audit import SYSTEM_ACTOR, AuditAction, AuditLog, user_actor
 from modelseal.server.services.devices import DeviceService
 from modelseal.server.services.downloads import DownloadService
 from modelseal.server.services.events import EventService, EventType
 from modelseal.server.services.keyring import Keyring
 from modelseal.server.settings import Settings
 from modelseal.server.storage import BlobStore, new_blob_key
+
+if TYPE_CHECKING:
+    from modelseal.server.jobs.registry import RunnerRegistry
+    from modelseal.server.services.abuse import AbuseService
+    from modelseal.server.services.watermarking import WatermarkingService
 
 __all__ = ["IssuanceInfo", "IssuanceService", "JobStatus", "JobView"]
 
@@ -108,8 +117,19 @@ class IssuanceService:
         events: EventService,
         metrics: Metrics,
         clock: Clock,
+        watermarking: WatermarkingService | None = None,
+        abuse: AbuseService | None = None,
+        *,
+        audit: AuditLog,
+        attestation: AttestationService | None = None,
+        runners: RunnerRegistry | None = None,
     ) -> None:
-        """Wire the service."""
+        """Wire the service; ``watermarking`` marks and binds issuances (docs/WATERMARK.md).
+
+        Requests, issuances, failures and acks are written to ``audit`` in the same
+        transaction as the change they record.
+        """
+        self._audit = audit
         self._sessions = sessions
         self._settings = settings
         self._generators = generators
@@ -121,6 +141,13 @@ class IssuanceService:
         self._events = events
         self._metrics = metrics
         self._clock = clock
+        self._watermarking = watermarking
+        # Abuse controls (issue 6): honey models, blocked accounts, per-user quotas.
+        self._abuse = abuse
+        # Device attestation policy per model (issue 7).
+        self._attestation = attestation
+        # Which process's queue holds a job, so that no process fails another's jobs.
+        self._runners = runners
 
     # --- requests -----------------------------------------------------------------------
 
@@ -133,8 +160,14 @@ class IssuanceService:
             ShuttingDownError: The process is stopping; no job is left queued.
             NotFoundError: The caller has no such device.
             DeviceRevokedError: The device is revoked.
+            AccountBlockedError: The caller's fraud verdict is ``malicious``.
+            QuotaExceededError: The caller's quota for the model is used up this period.
         """
-        if self._settings.model(model_id) is None or model_id not in self._generators:
+        abuse = self._abuse
+        if abuse is not None and abuse.is_honey_model(model_id):
+            abuse.honey_model_requested(principal, model_id, device_id)
+        spec = self._settings.model(model_id)
+        if spec is None or model_id not in self._generators:
             raise UnknownModelError(f"unknown model {model_id!r}")
         # A place in the queue first: a refused request leaves no job row behind,
         # and costs no database write while the server is overloaded.
@@ -144,18 +177,53 @@ class IssuanceService:
             self._metrics.rejected_requests_total.labels(reason=exc.code).inc()
             raise
         try:
-            with self._sessions.begin() as session:
-                device = self._devices.require_active(session, principal, device_id)
-                job = Job(
-                    id="j_" + secrets.token_hex(16),
-                    user_id=principal.user_id,
-                    device_pk=device.id,
-                    model_id=model_id,
-                    status=JobStatus.QUEUED,
-                    created_at=int(self._clock()),
-                )
-                session.add(job)
-                view = JobView(job.id, job.status, model_id, device_id, job.created_at)
+            try:
+                with self._sessions.begin() as session:
+                    verdict = (
+                        abuse.require_not_blocked(session, principal.user_id) if abuse else None
+                    )
+                    device = self._devices.require_active(session, principal, device_id)
+                    if self._attestation is not None:
+                        self._attestation.enforce(session, principal, device, spec)
+                    if abuse is not None and verdict is not None:
+                        # In this transaction: a refused job takes nothing, a job takes one unit.
+                        abuse.take_quota(session, principal, spec, verdict)
+                    job = Job(
+                        id="j_" + secrets.token_hex(16),
+                        user_id=principal.user_id,
+                        device_pk=device.id,
+                        model_id=model_id,
+                        status=JobStatus.QUEUED,
+                        created_at=int(self._clock()),
+                        runner_id=self._runners.runner_id if self._runners is not None else None,
+                    )
+                    session.add(job)
+                    view = JobView(job.id, job.status, model_id, device_id, job.created_at)
+                    if abuse is not None:
+                        self._events.add(
+                            session,
+                            EventType.IML_REQUESTED,
+                            user_id=principal.user_id,
+                            device_id=device_id,
+                            details={"model_id": model_id, "job_id": job.id},
+                        )
+                    self._audit.append(
+                        session,
+                        AuditAction.IML_REQUESTED,
+                        actor=user_actor(principal.user_id),
+                        user_id=principal.user_id,
+                        device_id=device_id,
+                        model_id=model_id,
+                        details={"job_id": job.id},
+                    )
+            except AttestationRequiredError:
+                if self._attestation is not None:
+                    self._attestation.refused(principal, device_id, model_id)
+                raise
+            except QuotaExceededError as exc:
+                if abuse is not None:
+                    abuse.quota_refused(principal, exc, model_id)
+                raise
             job_id = view.job_id
             try:
                 slot.submit(job_id, lambda: self.run(job_id))
@@ -203,9 +271,22 @@ class IssuanceService:
         with self._sessions.begin() as session:
             job = session.get(Job, job_id)
             if job is not None:
+                refund = status == JobStatus.FAILED and job.status != JobStatus.FAILED
                 job.status = status
                 job.error_code = error_code
                 job.finished_at = int(self._clock())
+                if status == JobStatus.FAILED:
+                    self._audit.append(
+                        session,
+                        AuditAction.IML_FAILED,
+                        actor=SYSTEM_ACTOR,
+                        user_id=job.user_id,
+                        model_id=job.model_id,
+                        details={"job_id": job_id, "error_code": error_code},
+                    )
+                if refund and self._abuse is not None:
+                    # No package was sealed: the request's quota unit comes back.
+                    self._abuse.refund_quota(session, job.user_id, job.model_id, job.created_at)
 
     def _generate_and_store(self, job_id: str) -> str:
         with self._sessions() as session:
@@ -216,6 +297,9 @@ class IssuanceService:
                 raise NotFoundError("job vanished")
             if device.revoked_at is not None:
                 raise DeviceRevokedError("the device is revoked")
+            if self._abuse is not None:
+                # Blocked while queued: nothing is generated for a blocked account.
+                self._abuse.require_not_blocked(session, user.id)
             model_id, device_pk, user_pk = job.model_id, device.id, user.id
             device_id, subject, public_jwk = device.device_id, user.subject, device.public_jwk
         spec = self._settings.model(model_id)
@@ -239,7 +323,16 @@ class IssuanceService:
         )
         to = IssueTo(recipient=recipient, signer=signer, claims=claims)
         request = GenerationRequest(subject, model_id, device_id, jti, dict(spec.options))
-        sealed = self._seal(self._generators[model_id], request, to, spec.ctype)
+        prepare: Callable[[bytes | bytearray], bytearray] | None = None
+        watermarking = self._watermarking
+        if watermarking is not None and watermarking.applies(spec):
+            # Mark and bind the plaintext just before it is sealed.
+            def prepare(plaintext: bytes | bytearray) -> bytearray:
+                return watermarking.prepare(
+                    plaintext, spec.ctype, spec, jti=jti, device_id=device_id
+                )
+
+        sealed = self._seal(self._generators[model_id], request, to, spec.ctype, prepare)
         package_id, ciphertext = sealed
         blob_key = new_blob_key()
         self._blobs.put(blob_key, ciphertext)
@@ -262,11 +355,38 @@ class IssuanceService:
                     )
                 )
                 session.flush()
+                if watermarking is not None:
+                    watermarking.record(
+                        session,
+                        spec,
+                        jti=jti,
+                        user_subject=subject,
+                        device_id=device_id,
+                        issued_at=now,
+                    )
                 job = session.get(Job, job_id)
                 if job is not None:
                     job.status = JobStatus.READY
                     job.jti = jti
                     job.finished_at = int(self._clock())
+                # In the issuance's own transaction: no issuance without its entry.
+                self._audit.append(
+                    session,
+                    AuditAction.IML_ISSUED,
+                    actor=SYSTEM_ACTOR,
+                    user_id=user_pk,
+                    device_id=device_id,
+                    model_id=model_id,
+                    details={
+                        "jti": jti,
+                        "job_id": job_id,
+                        "package_id": package_id,
+                        "issuer_kid": signer.kid,
+                        "size": len(ciphertext),
+                        "expires_at": claims.exp,
+                        "licence_expires_at": claims.lexp,
+                    },
+                )
         except BaseException:
             self._blobs.delete(blob_key)
             raise
@@ -275,12 +395,24 @@ class IssuanceService:
 
     @staticmethod
     def _seal(
-        generator: Generator, request: GenerationRequest, to: IssueTo, ctype: str
+        generator: Generator,
+        request: GenerationRequest,
+        to: IssueTo,
+        ctype: str,
+        prepare: Callable[[bytes | bytearray], bytearray] | None = None,
     ) -> tuple[str, bytearray]:
         plaintext = generator(request)
         try:
             if not isinstance(plaintext, bytes | bytearray):
                 raise TypeError(f"generator returned {type(plaintext).__name__}, not bytes")
+            if prepare is not None:
+                generated = plaintext
+                try:
+                    plaintext = prepare(generated)
+                finally:
+                    if isinstance(generated, bytearray):
+                        generated[:] = bytes(len(generated))
+                    del generated
             out = bytearray(sealed_size(to, len(plaintext), ctype))
             result = seal_into(plaintext, out, to, ctype=ctype)
         finally:
@@ -304,6 +436,24 @@ class IssuanceService:
         Raises:
             NotFoundError: No such job, or not the caller's.
         """
+        # Most polls find the job still at work: answer those from a read, which on
+        # SQLite neither waits for nor blocks writers. Only a ready job needs the write
+        # transaction below (it may mint a link).
+        with reading(self._sessions) as session:
+            job = self._own_job(session, principal, job_id)
+            device = session.get(Device, job.device_pk)
+            if device is None:
+                raise NotFoundError("no such job")
+            if job.status != JobStatus.READY or job.jti is None or device.revoked_at is not None:
+                return JobView(
+                    job.id,
+                    job.status,
+                    job.model_id,
+                    device.device_id,
+                    job.created_at,
+                    error_code=job.error_code,
+                    jti=job.jti,
+                )
         with self._sessions.begin() as session:
             job = self._own_job(session, principal, job_id)
             device = session.get(Device, job.device_pk)
@@ -361,14 +511,32 @@ class IssuanceService:
                 device_id=device.device_id if device is not None else None,
                 details={"jti": jti},
             )
+            self._audit.append(
+                session,
+                AuditAction.ISSUANCE_ACKED,
+                actor=user_actor(principal.user_id),
+                user_id=principal.user_id,
+                device_id=device.device_id if device is not None else None,
+                model_id=issuance.model_id,
+                details={"jti": jti, "deleted_reason": issuance.deleted_reason},
+            )
 
     def fail_interrupted(self) -> int:
-        """Mark jobs left queued or running by a previous process as failed."""
+        """Mark jobs left queued or running by a process that is gone as failed.
+
+        Without a runner registry every queued or running job is failed (one process
+        per database). With one, only jobs of dead runners and jobs that name no runner
+        (see :mod:`modelseal.server.jobs.registry`): other live processes keep theirs.
+        """
         with self._sessions.begin() as session:
+            unfinished: ColumnElement[bool] = Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
+            if self._runners is not None:
+                live = self._runners.live_runners(session)
+                unfinished = unfinished & (Job.runner_id.is_(None) | Job.runner_id.not_in(live))
             return _rowcount(
                 session.execute(
                     update(Job)
-                    .where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+                    .where(unfinished)
                     .values(
                         status=JobStatus.FAILED,
                         error_code="interrupted",

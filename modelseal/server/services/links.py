@@ -9,19 +9,27 @@ Format::
 seconds. The MAC is checked (in constant time) before the payload is parsed. Tokens
 are never stored: the server keeps the link row (``lid``) and can re-derive the
 token, and link tokens never appear in logs.
+
+The link key comes from the key service (:mod:`modelseal.server.keyservice`): the
+configured ``link_signing_key``, or an HMAC key on a PKCS#11 token. The active key
+mints; a token verifies under the active key or a key still retiring, so a rotation
+does not break links already handed out. Tokens carry no key id: with at most a few
+live keys, trying each costs one HMAC per key.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from modelseal.server.errors import LinkInvalidError
+from modelseal.server.keyservice.base import MACKey
+from modelseal.server.keyservice.local import StaticMACKey
 
 __all__ = ["LINK_MAC_LABEL", "LinkPayload", "LinkSigner"]
 
@@ -72,24 +80,35 @@ def _unb64u(text: str) -> bytes:
     return raw
 
 
+LinkKeys = Callable[[], tuple[MACKey, Sequence[MACKey]]]
+
+
 class LinkSigner:
-    """Mints and verifies link tokens under one HMAC key. The key never leaves it."""
+    """Mints and verifies link tokens under the link keys. The keys never leave it."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_keys",)
 
-    def __init__(self, key: bytes) -> None:
-        """Use ``key`` (>= 32 bytes) as the HMAC-SHA256 key."""
-        if len(key) < 32:
-            raise ValueError("link key must be at least 32 bytes")
-        self._key = bytes(key)
+    def __init__(self, key: bytes | LinkKeys) -> None:
+        """Use ``key`` (>= 32 bytes) as the one HMAC-SHA256 key, or ask ``key()`` each time.
 
-    def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, LINK_MAC_LABEL + payload, hashlib.sha256).digest()
+        Args:
+            key: Raw key bytes, or a callable returning the minting key and every key
+                that still verifies (:meth:`KeyService.link_keys`).
+
+        Raises:
+            ValueError: Raw key bytes shorter than 32.
+        """
+        if isinstance(key, bytes | bytearray):
+            static = StaticMACKey(bytes(key))
+            self._keys: LinkKeys = lambda: (static, (static,))
+        else:
+            self._keys = key
 
     def mint(self, payload: LinkPayload) -> str:
-        """The token for ``payload``."""
+        """The token for ``payload``, under the active link key."""
+        minting, _ = self._keys()
         body = payload.encode()
-        return f"{_b64u(body)}.{_b64u(self._mac(body))}"
+        return f"{_b64u(body)}.{_b64u(minting.mac(LINK_MAC_LABEL + body))}"
 
     def verify(self, token: str) -> LinkPayload:
         """Check the MAC, then parse the payload.
@@ -104,7 +123,15 @@ class LinkSigner:
         if match is None:
             raise LinkInvalidError("link is malformed")
         body, mac = _unb64u(match.group(1)), _unb64u(match.group(2))
-        if len(mac) != _MAC_BYTES or not hmac.compare_digest(mac, self._mac(body)):
+        if len(mac) != _MAC_BYTES:
+            raise LinkInvalidError("link does not verify")
+        _, verifying = self._keys()
+        message = LINK_MAC_LABEL + body
+        # Every live key is tried (no early exit), so timing says nothing about which.
+        matched = False
+        for candidate in verifying:
+            matched |= hmac.compare_digest(mac, candidate.mac(message))
+        if not matched:
             raise LinkInvalidError("link does not verify")
         # Only authenticated bytes are parsed from here on; a failure is our own bug
         # or a key compromise, and still refused rather than trusted.

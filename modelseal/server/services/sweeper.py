@@ -16,6 +16,8 @@ from sqlalchemy import select
 from modelseal.server.clock import Clock
 from modelseal.server.db.models import Issuance
 from modelseal.server.db.session import SessionFactory
+from modelseal.server.services.audit import SYSTEM_ACTOR, AuditAction, AuditLog
+from modelseal.server.services.examples import delete_expired_examples
 from modelseal.server.services.keyring import Keyring
 from modelseal.server.settings import Settings
 from modelseal.server.storage import BlobStore
@@ -33,6 +35,7 @@ class SweepReport:
     expired: int
     orphans: int
     retired_keys: int
+    examples: int = 0
 
 
 class SweepService:
@@ -45,8 +48,11 @@ class SweepService:
         blobs: BlobStore,
         keyring: Keyring,
         clock: Clock,
+        *,
+        audit: AuditLog,
     ) -> None:
-        """Wire the service."""
+        """Wire the service; each deleted package is audited in its transaction."""
+        self._audit = audit
         self._sessions = sessions
         self._settings = settings
         self._blobs = blobs
@@ -63,18 +69,34 @@ class SweepService:
                     Issuance.deleted_at.is_(None), Issuance.blob_expires_at <= now
                 )
             )
-            for issuance in rows:
+            swept = list(rows)
+            for issuance in swept:
                 self._blobs.delete(issuance.blob_key)
                 issuance.deleted_at = now
                 issuance.deleted_reason = "swept"
                 expired += 1
+            # Audited last: appending holds the log's lock until commit.
+            for issuance in swept:
+                self._audit.append(
+                    session,
+                    AuditAction.ISSUANCE_DELETED,
+                    actor=SYSTEM_ACTOR,
+                    user_id=issuance.user_id,
+                    model_id=issuance.model_id,
+                    details={"jti": issuance.jti, "reason": "swept"},
+                )
+        with self._sessions.begin() as session:
+            # Uploaded examples past their retention, and those of disabled users.
+            examples = delete_expired_examples(session, now)
         # Blobs no row points at (a crash between write and commit) go once older than
         # any TTL could keep them.
         max_ttl = max((m.blob_ttl_seconds for m in self._settings.models), default=3600)
         orphans = len(self._blobs.sweep(max_ttl + _ORPHAN_GRACE_SECONDS, now))
         retired = len(self._keyring.prune())
-        report = SweepReport(expired, orphans, retired)
-        _log.info("sweep", expired=expired, orphans=orphans, retired_keys=retired)
+        report = SweepReport(expired, orphans, retired, examples)
+        _log.info(
+            "sweep", expired=expired, orphans=orphans, retired_keys=retired, examples=examples
+        )
         return report
 
 

@@ -1,0 +1,66 @@
+"""Device attestation: pluggable verifiers for App Attest, Android Key Attestation,
+Play Integrity and an insecure development verifier.
+
+:mod:`modelseal.attestation.base` defines the interface (:class:`Verifier`,
+:class:`AttestationResult`), the errors and the pinned-roots loader. Platform modules
+depend only on it, :mod:`modelseal.errors`, :mod:`modelseal.keys` and pyca; the
+server wires them in :mod:`modelseal.server.services.attestation`.
+"""
+
+from modelseal.attestation.base import (
+    AttestationChainError,
+    AttestationChallengeError,
+    AttestationConfigError,
+    AttestationCounterError,
+    AttestationError,
+    AttestationExpiredError,
+    AttestationKeyMismatchError,
+    AttestationMalformedError,
+    AttestationPolicyError,
+    AttestationRequiredError,
+    AttestationResult,
+    AttestationRevokedError,
+    AttestationRootError,
+    AttestationUnsupportedError,
+    Attester,
+    ChallengeExpiredError,
+    ChallengeInvalidError,
+    ChallengeReplayedError,
+    Signal,
+    Verifier,
+    VerifierRegistry,
+    client_data,
+    client_data_hash,
+    load_pem_certificates,
+    load_roots,
+    packaged_root_path,
+)
+
+__all__ = [
+    "AttestationChainError",
+    "AttestationChallengeError",
+    "AttestationConfigError",
+    "AttestationCounterError",
+    "AttestationError",
+    "AttestationExpiredError",
+    "AttestationKeyMismatchError",
+    "AttestationMalformedError",
+    "AttestationPolicyError",
+    "AttestationRequiredError",
+    "AttestationResult",
+    "AttestationRevokedError",
+    "AttestationRootError",
+    "AttestationUnsupportedError",
+    "Attester",
+    "ChallengeExpiredError",
+    "ChallengeInvalidError",
+    "ChallengeReplayedError",
+    "Signal",
+    "Verifier",
+    "VerifierRegistry",
+    "client_data",
+    "client_data_hash",
+    "load_pem_certificates",
+    "load_roots",
+    "packaged_root_path",
+]
