@@ -106,6 +106,8 @@ _CATEGORY_RULES: tuple[tuple[str, str], ...] = (
     ("/anyio/", "http"),
     ("/asyncio/", "http"),
     ("/modelseal/server/api/", "http"),
+    # Queueing for the write lock (db/session.py) and the runner registry's queries.
+    ("/modelseal/server/db/", "database"),
     ("/modelseal/server/", "service logic"),
 )
 # Where a thread parks when it has nothing to do.
@@ -548,6 +550,10 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """CPU seconds of the server process and its live descendants (the workers)."""
+        return sum(self.cpu_tree().values())
+
+    def cpu_tree(self) -> dict[int, float]:
+        """CPU seconds of the server process and of each live descendant, by pid."""
         parents: dict[int, int] = {}
         ticks: dict[int, int] = {}
         for entry in Path("/proc").iterdir():
@@ -567,7 +573,7 @@ class Server:
                 if parent in tree and pid not in tree:
                     tree.add(pid)
                     grew = True
-        return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+        return {pid: ticks.get(pid, 0) / os.sysconf("SC_CLK_TCK") for pid in tree}
 
     def metrics(self) -> dict[str, float]:
         text = httpx.get(f"{self.base}/metrics", timeout=30).text
@@ -613,7 +619,8 @@ def run_load(
     spec_path.write_text(json.dumps({"base": server.base, "users": users, **spec}))
     # With several workers each scrape answers from one of them: no usable delta.
     probe = server.metrics if server.workers == 1 else dict
-    metrics_before, cpu_before = probe(), server.cpu_seconds()
+    metrics_before, tree_before = probe(), server.cpu_tree()
+    cpu_before = sum(tree_before.values())
     machine_before = cpu_busy_seconds()[1]
     wall = time.perf_counter()
     subprocess.run(
@@ -624,7 +631,12 @@ def run_load(
     wall = time.perf_counter() - wall
     result: dict[str, Any] = json.loads(out_path.read_text())
     after = probe()
-    result["server_cpu_seconds"] = server.cpu_seconds() - cpu_before
+    tree_after = server.cpu_tree()
+    result["server_cpu_seconds"] = sum(tree_after.values()) - cpu_before
+    # How the work spread over the processes (with --workers, over the workers).
+    result["server_cpu_by_process"] = {
+        str(pid): seconds - tree_before.get(pid, 0.0) for pid, seconds in tree_after.items()
+    }
     result["machine_busy_seconds"] = cpu_busy_seconds()[1] - machine_before
     result["wall_seconds"] = wall
     result["load_average_after"] = os.getloadavg()
@@ -771,6 +783,13 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "server_cpu_ms_per_issuance": 1000 * result["server_cpu_seconds"] / max(1, completed),
         "client_cpu_ms_per_issuance": 1000 * result["client_cpu_seconds"] / max(1, completed),
         "server_cores": result["server_cpu_seconds"] / result["wall_seconds"],
+        "server_cores_by_process": sorted(
+            (
+                round(seconds / result["wall_seconds"], 3)
+                for seconds in result["server_cpu_by_process"].values()
+            ),
+            reverse=True,
+        ),
         "client_cores": result["client_cpu_seconds"] / result["wall_seconds"],
         "machine_cores": result["machine_busy_seconds"] / result["wall_seconds"],
         "status_codes": dict(sorted(by_code.items())),

@@ -70,36 +70,7 @@ OUT_DIR = Path(__file__).parent / "out"
 ADMIN_TOKEN = "msa_" + secrets.token_urlsafe(32)
 API_VERSION = "1"
 
-# Rules used: the packaged defaults (modelseal/fraud/default_rules.toml) with the account-farm
-# rules tightened (--rules-variant tuned, the default), the packaged file as it is
-# (--rules-variant packaged), or a file of one's own (--rules FILE).
-_LINKED_ONE = """id = "linked_to_blocked_account"
-description = "shared a client address with an account that was blocked"
-points = 20.0"""
-_LINKED_MANY = """[[points]]
-id = "linked_to_blocked_accounts"
-description = "shared client addresses with 2 or more blocked accounts within 7 days"
-points = 40.0
-decay = { kind = "half_life", seconds = 604800 }
-"""
-
-
-def tuned_rules(packaged: str) -> str:
-    """The packaged rules with the farm rules tightened: one blocked neighbour network makes
-    an account suspicious (30 points), two make it malicious (a stop factor).
-
-    Raises:
-        ValueError: The packaged rules changed; the tuning must be redone.
-    """
-    if _LINKED_ONE not in packaged or _LINKED_MANY not in packaged:
-        raise ValueError("default_rules.toml changed: update tuned_rules()")
-    tuned = packaged.replace(_LINKED_ONE, _LINKED_ONE.replace("20.0", "30.0"))
-    tuned = tuned.replace(
-        _LINKED_MANY,
-        '[[stop]]\nid = "linked_to_blocked_accounts"\n'
-        'description = "shared client networks with 2 or more blocked accounts within 7 days"\n',
-    )
-    return tuned.replace('version = "', 'version = "sim-tuned+', 1)
+# Rules used: the packaged defaults (modelseal/fraud/default_rules.toml), or --rules FILE.
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -471,12 +442,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="modelseal-sim-") as scratch:
         directory = Path(scratch)
-        rules = args.rules
-        if rules is None and args.rules_variant == "tuned":
-            packaged = Path(__file__).parents[1] / "modelseal" / "fraud" / "default_rules.toml"
-            rules = directory / "rules.toml"
-            rules.write_text(tuned_rules(packaged.read_text()))
-        config = write_config(directory, args.quota, rules)
+        config = write_config(directory, args.quota, args.rules)
         tokens = create_accounts(config, names)
         server = Server(config, directory / "server.log")
         try:
@@ -632,11 +598,10 @@ def main() -> None:
     parser.add_argument("--stuffing-seconds", type=float, default=45.0, help="stuffing time budget")
     parser.add_argument("--workers", type=int, default=12, help="concurrent honest users")
     parser.add_argument("--seed", type=int, default=6, help="random seed")
-    parser.add_argument("--rules", type=Path, default=None, help="a rules file of one's own")
-    parser.add_argument("--keep-log", type=Path, default=None, help="copy the server log here")
     parser.add_argument(
-        "--rules-variant", choices=("tuned", "packaged"), default="tuned", help="see the top"
+        "--rules", type=Path, default=None, help="a rules file (default: the packaged rules)"
     )
+    parser.add_argument("--keep-log", type=Path, default=None, help="copy the server log here")
     args = parser.parse_args()
     result = run(args)
     OUT_DIR.mkdir(exist_ok=True)

@@ -87,6 +87,17 @@ def build_android_verifier(config: Mapping[str, Any], *, production: bool) -> An
     Raises:
         AttestationConfigError: An unknown key, a missing package list, or a bad value.
     """
+    try:
+        return _build(config, production=production)
+    except (TypeError, ValueError, AttributeError):
+        # A value of the wrong type (a string for a number, a number for a list...):
+        # refused like any bad value, never a traceback at start.
+        raise AttestationConfigError(
+            "attestation.android: a value has the wrong type (see docs/ATTESTATION.md)"
+        ) from None
+
+
+def _build(config: Mapping[str, Any], *, production: bool) -> AndroidKeyVerifier:
     unknown = sorted(set(config) - _KEYS)
     if unknown:
         raise AttestationConfigError(f"attestation.android: unknown setting {unknown[0][:40]!r}")

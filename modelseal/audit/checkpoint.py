@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from modelseal.audit.errors import NoteError
+from modelseal.audit.errors import NoteError, NoteSignatureError
 from modelseal.audit.merkle import HASH_SIZE
 from modelseal.audit.note import NoteSigner, NoteVerifier, open_note, sign_note
 
@@ -85,12 +85,21 @@ def open_checkpoint(
 ) -> Checkpoint:
     """Verify a signed checkpoint and parse it.
 
+    The origin is bound to the log's key: a trusted key whose name is the origin must
+    have signed (modelseal names its checkpoint key after the origin, as
+    c2sp.org/tlog-checkpoint recommends). The name on a signature line is not signed,
+    and an ECDSA key ID does not cover it, so without this binding a checkpoint of
+    another log sharing the key could be relabelled and pass as this log's.
+
     Raises:
         NoteError: Malformed, or its origin is not ``origin``.
-        NoteSignatureError: No trusted signature verifies.
+        NoteSignatureError: No trusted signature verifies, or none by a key named
+            after the checkpoint's origin.
     """
     note = open_note(data, verifiers)
     checkpoint = Checkpoint.parse(note.text)
     if origin is not None and checkpoint.origin != origin:
         raise NoteError("checkpoint is for another log (origin differs)")
+    if checkpoint.origin not in note.verified_by:
+        raise NoteSignatureError("no trusted key named after the checkpoint's origin signed it")
     return checkpoint

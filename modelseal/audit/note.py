@@ -64,8 +64,10 @@ SIG_TYPE_ED25519 = 0x01
 SIG_TYPE_ECDSA = 0x02
 _EM_DASH = "\u2014"
 _NAME = re.compile(r"[^\s+\u2014]+")
+# The spec: verifiers MUST accept at least 16 signatures, and post-quantum ones are up to
+# about 5 kB (6.7 kB in base64): 16 of them must fit under the size limit.
 _MAX_SIGNATURES = 16
-_MAX_NOTE_BYTES = 1 << 16
+_MAX_NOTE_BYTES = 1 << 17
 
 
 @runtime_checkable
@@ -113,27 +115,16 @@ def _vkey(name: str, key_id: bytes, sig_type: int, public: bytes) -> str:
     return f"{name}+{key_id.hex()}+{encoded}"
 
 
-class Ed25519NoteSigner:
-    """A note signer over a local Ed25519 private key (type 0x01)."""
+class _NamedNoteSigner:
+    """What every note signer carries: its key name and 4-byte key ID."""
 
-    __slots__ = ("_key", "_key_id", "_name", "_public")
+    __slots__ = ("_key_id", "_name")
 
-    def __init__(self, name: str, private_key: ed25519.Ed25519PrivateKey) -> None:
-        """Sign as ``name`` with ``private_key``.
-
-        Raises:
-            NoteError: ``name`` is not a valid key name.
-        """
-        self._name = _check_name(name)
-        self._key = private_key
-        self._public = private_key.public_key().public_bytes_raw()
-        self._key_id = ed25519_key_id(name, self._public)
+    _name: str
+    _key_id: bytes
 
     def __repr__(self) -> str:
-        return f"Ed25519NoteSigner(name={self._name!r}, key_id={self._key_id.hex()})"
-
-    def __reduce__(self) -> NoReturn:
-        raise TypeError("note signers hold a private key and cannot be pickled")
+        return f"{type(self).__name__}(name={self._name!r}, key_id={self._key_id.hex()})"
 
     @property
     def name(self) -> str:
@@ -145,16 +136,50 @@ class Ed25519NoteSigner:
         """The 4-byte key ID."""
         return self._key_id
 
+
+class _Ed25519FunctionNoteSigner(_NamedNoteSigner):
+    """Type 0x01 over an Ed25519 signing function (the private key may live elsewhere)."""
+
+    __slots__ = ("_public", "_sign")
+
+    def __init__(self, name: str, public: bytes, sign: Callable[[bytes], bytes]) -> None:
+        """Sign as ``name``; ``public`` is the raw public key of ``sign``.
+
+        Raises:
+            NoteError: ``name`` is not a valid key name.
+        """
+        self._name = _check_name(name)
+        self._public = public
+        self._key_id = ed25519_key_id(name, public)
+        self._sign = sign
+
     def sign(self, message: bytes) -> bytes:
         """Ed25519 over ``message``."""
-        return self._key.sign(message)
+        return self._sign(message)
 
     def verifier_key(self) -> str:
         """``name+keyid+base64(0x01 || public key)``."""
         return _vkey(self._name, self._key_id, SIG_TYPE_ED25519, self._public)
 
 
-class ECDSANoteSigner:
+class Ed25519NoteSigner(_Ed25519FunctionNoteSigner):
+    """A note signer over a local Ed25519 private key (type 0x01)."""
+
+    __slots__ = ()
+
+    def __init__(self, name: str, private_key: ed25519.Ed25519PrivateKey) -> None:
+        """Sign as ``name`` with ``private_key``.
+
+        Raises:
+            NoteError: ``name`` is not a valid key name.
+        """
+        super().__init__(name, private_key.public_key().public_bytes_raw(), private_key.sign)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("note signers hold a private key and cannot be pickled")
+
+
+class ECDSANoteSigner(_NamedNoteSigner):
     """A note signer (type 0x02) over any ECDSA P-256 signing function, e.g. an HSM key.
 
     ``sign_raw`` must return ECDSA P-256 over SHA-256(message) as r||s (64 bytes),
@@ -162,7 +187,7 @@ class ECDSANoteSigner:
     it as DER.
     """
 
-    __slots__ = ("_key_id", "_name", "_sign_raw", "_spki")
+    __slots__ = ("_sign_raw", "_spki")
 
     def __init__(
         self,
@@ -183,19 +208,6 @@ class ECDSANoteSigner:
         )
         self._key_id = ecdsa_key_id(self._spki)
         self._sign_raw = sign_raw
-
-    def __repr__(self) -> str:
-        return f"ECDSANoteSigner(name={self._name!r}, key_id={self._key_id.hex()})"
-
-    @property
-    def name(self) -> str:
-        """The key name."""
-        return self._name
-
-    @property
-    def key_id(self) -> bytes:
-        """The 4-byte key ID."""
-        return self._key_id
 
     def sign(self, message: bytes) -> bytes:
         """ECDSA P-256 over SHA-256(``message``), DER-encoded.
@@ -387,32 +399,6 @@ def note_signer_for(name: str, signer: _IssuerStyleSigner) -> NoteSigner:
     """
     public = signer.public_key()
     if signer.alg is SignatureAlgorithm.ED25519:
-        return _ExternalEd25519NoteSigner(name, public.raw, signer.sign)
+        return _Ed25519FunctionNoteSigner(name, public.raw, signer.sign)
     point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public.raw)
     return ECDSANoteSigner(name, point, signer.sign)
-
-
-class _ExternalEd25519NoteSigner:
-    """Type 0x01 over an Ed25519 signing function whose private key lives elsewhere."""
-
-    __slots__ = ("_key_id", "_name", "_public", "_sign")
-
-    def __init__(self, name: str, public: bytes, sign: Callable[[bytes], bytes]) -> None:
-        self._name = _check_name(name)
-        self._public = public
-        self._key_id = ed25519_key_id(name, public)
-        self._sign = sign
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> bytes:
-        return self._key_id
-
-    def sign(self, message: bytes) -> bytes:
-        return self._sign(message)
-
-    def verifier_key(self) -> str:
-        return _vkey(self._name, self._key_id, SIG_TYPE_ED25519, self._public)

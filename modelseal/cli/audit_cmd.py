@@ -6,8 +6,9 @@ modify entries, and start nothing. ``verify-proof`` needs no database: a proof
 bundle and the checkpoint verifier key are enough.
 
 Trust: ``--key`` pins the checkpoint verifier key(s) (``name+keyid+base64``, or a file
-holding one per line). Without it, the keys recorded in ``<data_dir>/audit/verifier-keys``
-are trusted, which is only as good as the data directory; an auditor pins the key.
+holding one per line); without it, ``audit.verifier_keys`` of the settings does. Only when
+neither is given are the keys recorded in ``<data_dir>/audit/verifier-keys`` trusted, with a
+warning: that is only as good as the data directory. An auditor pins the key.
 """
 
 from __future__ import annotations
@@ -98,6 +99,15 @@ def _verifiers(keys: list[str] | None, log: AuditLog | None) -> list[NoteVerifie
     if not keys:
         if log is None:
             raise UsageError("give the checkpoint verifier key with --key")
+        pinned = log.pinned_verifiers()
+        if pinned:
+            return pinned
+        typer.echo(
+            "warning: no checkpoint key pinned (--key, or audit.verifier_keys in the "
+            f"settings): trusting the keys recorded in {log.key_dir}, which anyone who "
+            "can write there can extend",
+            err=True,
+        )
         return log.recorded_verifiers()
     result: list[NoteVerifier] = []
     for item in keys:

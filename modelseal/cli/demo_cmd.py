@@ -192,11 +192,16 @@ def _environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
 
 
-def _create_user(config: Path) -> str:
+def _create_user(config: Path, name: str = USER_NAME) -> str:
+    """Create the account ``name`` through the admin CLI; return its API token.
+
+    Raises:
+        DemoFailedError: The admin CLI failed or printed no token.
+    """
     admin = [sys.executable, "-m", "modelseal.server", "admin", "--config", str(config)]
     # Fixed arguments: this interpreter, our own module, a config file we just wrote.
     result = subprocess.run(  # noqa: S603
-        [*admin, "users", "create", USER_NAME],
+        [*admin, "users", "create", name],
         capture_output=True,
         text=True,
         env=_environment(),
@@ -206,7 +211,7 @@ def _create_user(config: Path) -> str:
     token = result.stdout.strip()
     if result.returncode != 0 or not token.startswith("ms_"):
         raise DemoFailedError(
-            f"the admin CLI could not create the demo user: {result.stderr.strip()[-500:]}"
+            f"the admin CLI could not create the demo user {name!r}: {result.stderr.strip()[-500:]}"
         )
     return token
 

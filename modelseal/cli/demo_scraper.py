@@ -18,8 +18,6 @@ After each phase the verdict and the rules that fired are read from the admin AP
 from __future__ import annotations
 
 import secrets
-import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -67,25 +65,6 @@ def _config(directory: Path, port: int, admin_hash: str) -> Path:
     return config
 
 
-def _create_account(config: Path, name: str) -> str:
-    from modelseal.cli.demo_cmd import DemoFailedError, _environment
-
-    admin = [sys.executable, "-m", "modelseal.server", "admin", "--config", str(config)]
-    # Fixed arguments: this interpreter, our own module, a config file we just wrote.
-    result = subprocess.run(  # noqa: S603
-        [*admin, "users", "create", name],
-        capture_output=True,
-        text=True,
-        env=_environment(),
-        timeout=120,
-        check=False,
-    )
-    token = result.stdout.strip()
-    if result.returncode != 0 or not token.startswith("ms_"):
-        raise DemoFailedError(f"the admin CLI could not create {name}: {result.stderr[-500:]}")
-    return token
-
-
 def run_scraper_demo(directory: Path, *, quiet: bool = False) -> ScraperReport:
     """Start the demo server, run the scraper, stop the server.
 
@@ -96,7 +75,13 @@ def run_scraper_demo(directory: Path, *, quiet: bool = False) -> ScraperReport:
     import httpx
     from argon2 import PasswordHasher
 
-    from modelseal.cli.demo_cmd import MODEL_ID, DemoFailedError, _free_port, _Server
+    from modelseal.cli.demo_cmd import (
+        MODEL_ID,
+        DemoFailedError,
+        _create_user,
+        _free_port,
+        _Server,
+    )
 
     report = ScraperReport()
 
@@ -109,7 +94,7 @@ def run_scraper_demo(directory: Path, *, quiet: bool = False) -> ScraperReport:
     admin_hash = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(admin_token)
     port = _free_port()
     config = _config(directory, port, admin_hash)
-    token = _create_account(config, SCRAPER)
+    token = _create_user(config, SCRAPER)
     log_path = directory / "server.log"
     with log_path.open("wb") as log:
         server = _Server(config, port, log, log_path)

@@ -5,6 +5,7 @@ A thin shell over :class:`modelseal.client.DeviceClient`::
     modelseal device init        [--keystore file|pkcs11] [--passphrase-file F | --keyring]
     modelseal device enroll      --server URL --token TOKEN [--ca CA.pem] [--pin sha256/...]
                                  [--kem x25519|p256|xwing] [--device-id ID]
+                                 [--attest insecure-dev]
     modelseal device fetch       --model ID
     modelseal device list
     modelseal device run         --model ID --input FILE.npy|FILE.json
@@ -32,8 +33,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from modelseal.attestation.base import Attester
+from modelseal.attestation.dev import PLATFORM as DEV_PLATFORM
+from modelseal.attestation.dev import InsecureDevAttester
 from modelseal.cli.output import (
     JSONFlag,
+    byte_progress,
     emit_json,
     format_bytes,
     format_seconds,
@@ -232,6 +237,18 @@ def enroll_command(
     device_id: Annotated[
         str | None, typer.Option("--device-id", help="Device id (default: random).")
     ] = None,
+    attest: Annotated[
+        str | None,
+        typer.Option(
+            "--attest",
+            help=(
+                "Attest the enrollment: only 'insecure-dev' (the INSECURE development "
+                "attestation, refused by production servers) exists on a desktop; apps "
+                "use App Attest, Key Attestation or Play Integrity (docs/ATTESTATION.md)."
+            ),
+            metavar="PLATFORM",
+        ),
+    ] = None,
     directory: DirOption = None,
     passphrase_file: PassphraseFileOption = None,
     token_pin_file: TokenPinFileOption = None,
@@ -242,13 +259,21 @@ def enroll_command(
         kem_value = KEM.from_label(kem)
     except KeyFormatError:
         raise UsageError(f"--kem must be x25519, p256 or xwing, got {kem!r}") from None
+    attester = _attester(attest)
     if ca is not None:
         ca.stat()  # a missing CA file is reported as file_not_found with its path
     with _client(directory, passphrase_file, token_pin_file) as client:
         result = client.enroll(
-            server, token, ca_file=ca, pins=pin or (), kem=kem_value, device_id=device_id
+            server,
+            token,
+            ca_file=ca,
+            pins=pin or (),
+            kem=kem_value,
+            device_id=device_id,
+            attester=attester,
         )
     enrollment = result.enrollment
+    attested = attester.platform if attester is not None else None
     if json_output:
         emit_json(
             {
@@ -259,6 +284,7 @@ def enroll_command(
                 "issuer_kids": list(result.issuer_kids),
                 "server_pin": result.server_pin,
                 "pins": list(enrollment.pins),
+                "attestation": attested,
             }
         )
         return
@@ -268,10 +294,33 @@ def enroll_command(
         ("device key", f"{enrollment.kem.label}, kid {enrollment.kid}"),
         ("issuer keys", ", ".join(result.issuer_kids) + " (pinned: trust on first use)"),
     ]
+    if attested is not None:
+        rows.append(("attestation", f"{attested} (INSECURE: development only)"))
     if result.server_pin is not None:
         pinned = "checked" if enrollment.pins else "not pinned"
         rows.append(("TLS key", f"{result.server_pin} ({pinned})"))
     print_lines(["device enrolled", *key_value_lines(rows)])
+
+
+def _attester(platform: str | None) -> Attester | None:
+    """The attester named by ``--attest``.
+
+    A desktop has no platform attestation: App Attest, Android Key Attestation and Play
+    Integrity are reached only through the platform APIs inside a real app, which sends
+    their evidence with :meth:`DeviceClient.enroll`'s ``attester``. Only the INSECURE
+    development attester can run here.
+
+    Raises:
+        UsageError: Any other platform name.
+    """
+    if platform is None:
+        return None
+    if platform != DEV_PLATFORM:
+        raise UsageError(
+            f"--attest must be {DEV_PLATFORM!r} (the only attester a desktop has), got "
+            f"{platform[:40]!r}; apps attest through the platform APIs"
+        )
+    return InsecureDevAttester()
 
 
 # --- fetch -----------------------------------------------------------------------------------
@@ -283,31 +332,12 @@ def _download_bar(enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    with byte_progress("downloading") as update:
 
-    from modelseal.cli.output import stderr_console
+        def received(done: int, total: int) -> None:
+            update(completed=done, total=total)
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=stderr_console(), transient=True) as progress:
-        task = progress.add_task("downloading", total=None)
-
-        def update(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        yield update
+        yield received
 
 
 def _fetch_json(result: FetchResult) -> dict[str, object]:

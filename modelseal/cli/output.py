@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -32,6 +32,7 @@ __all__ = [
     "PROGRESS_THRESHOLD_BYTES",
     "JSONFlag",
     "ProgressCallback",
+    "byte_progress",
     "emit_json",
     "format_bytes",
     "format_seconds",
@@ -189,6 +190,23 @@ def transfer_progress(
     if not enabled:
         yield None
         return
+    with byte_progress(description, total_bytes, console=console) as update:
+
+        def advance(done_bytes: int) -> None:
+            update(advance=done_bytes)
+
+        yield advance
+
+
+@contextmanager
+def byte_progress(
+    description: str, total_bytes: int | None = None, *, console: Console | None = None
+) -> Iterator[Callable[..., None]]:
+    """A transient rich progress bar counting bytes, with speed and time left (stderr by default).
+
+    Yields its one task's ``update(**fields)`` (:meth:`rich.progress.Progress.update`:
+    ``advance=``, ``completed=``, ``total=``); ``total_bytes`` None means not yet known.
+    """
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -208,7 +226,7 @@ def transfer_progress(
     with Progress(*columns, console=console or stderr_console(), transient=True) as progress:
         task = progress.add_task(description, total=total_bytes)
 
-        def advance(done_bytes: int) -> None:
-            progress.advance(task, done_bytes)
+        def update(**fields: Any) -> None:
+            progress.update(task, **fields)
 
-        yield advance
+        yield update

@@ -67,22 +67,26 @@ def release_pages(address: int, length: int) -> None:
     at its two ends that it shares with other objects are left alone. A no-op where
     ``madvise`` is unavailable.
     """
-    if _madvise is None or _MADV_DONTNEED is None or length < 2 * PAGE_BYTES:
-        return
-    start = -(-address // PAGE_BYTES) * PAGE_BYTES
-    stop = (address + length) // PAGE_BYTES * PAGE_BYTES
-    if stop > start:
-        _madvise(start, stop - start, _MADV_DONTNEED)
+    _advise_whole_pages(address, length, PAGE_BYTES, _MADV_DONTNEED)
 
 
 def _advise_huge_pages(address: int, length: int) -> None:
     """Ask for huge pages on the whole 2 MiB pages inside a buffer (advice only)."""
-    if _madvise is None or _MADV_HUGEPAGE is None or length < 2 * HUGE_PAGE_BYTES:
+    _advise_whole_pages(address, length, HUGE_PAGE_BYTES, _MADV_HUGEPAGE)
+
+
+def _advise_whole_pages(address: int, length: int, page_bytes: int, advice: int | None) -> None:
+    """``madvise`` the ``page_bytes``-aligned pages lying wholly inside a buffer.
+
+    A no-op where ``madvise`` or ``advice`` is unavailable, or for buffers shorter
+    than two pages.
+    """
+    if _madvise is None or advice is None or length < 2 * page_bytes:
         return
-    start = -(-address // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
-    stop = (address + length) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
+    start = -(-address // page_bytes) * page_bytes
+    stop = (address + length) // page_bytes * page_bytes
     if stop > start:
-        _madvise(start, stop - start, _MADV_HUGEPAGE)
+        _madvise(start, stop - start, advice)
 
 
 def wipe(buffer: bytearray | memoryview) -> None:

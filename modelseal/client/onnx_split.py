@@ -27,6 +27,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from modelseal.models import _protowire as wire
+from modelseal.models.errors import ModelFormatError
+
 __all__ = [
     "ELEMENT_BYTES",
     "MIN_SPLIT_BYTES",
@@ -55,7 +58,6 @@ ELEMENT_BYTES = {
     16: 2,  # BFLOAT16
 }
 
-_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 _MODEL_GRAPH = 7
 _GRAPH_INITIALIZER = 5
 _T_DIMS, _T_DATA_TYPE, _T_SEGMENT, _T_NAME, _T_RAW_DATA = 1, 2, 3, 8, 9
@@ -63,10 +65,6 @@ _T_EXTERNAL_DATA, _T_DATA_LOCATION = 13, 14
 _T_TYPED_DATA = frozenset({4, 5, 6, 7, 10, 11})
 _EXTERNAL = 1
 _LOCATION = "modelseal-memory"
-
-
-class _NotWalkableError(Exception):
-    """The bytes use protobuf features this walker does not follow."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,112 +97,49 @@ class SplitModel:
     initializers: tuple[SplitInitializer, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class _Record:
-    number: int
-    wire_type: int
-    start: int
-    value_start: int
-    end: int
-
-
-def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
-    value = 0
-    for shift in range(0, 70, 7):
-        if pos >= end:
-            raise _NotWalkableError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            if value >= 1 << 64:
-                raise _NotWalkableError("varint over 64 bits")
-            return value, pos
-    raise _NotWalkableError("varint longer than 10 bytes")
-
-
-def _records(buf: memoryview, start: int, end: int) -> list[_Record]:
-    records = []
-    pos = start
-    while pos < end:
-        tag, value_start = _varint(buf, pos, end)
-        number, wire_type = tag >> 3, tag & 7
-        if number == 0:
-            raise _NotWalkableError("field number 0")
-        if wire_type == _VARINT:
-            _, stop = _varint(buf, value_start, end)
-        elif wire_type == _FIXED64:
-            stop = value_start + 8
-        elif wire_type == _FIXED32:
-            stop = value_start + 4
-        elif wire_type == _LEN:
-            length, value_start = _varint(buf, value_start, end)
-            stop = value_start + length
-        else:
-            raise _NotWalkableError(f"wire type {wire_type}")
-        if stop > end:
-            raise _NotWalkableError("record runs past its message")
-        records.append(_Record(number, wire_type, pos, value_start, stop))
-        pos = stop
-    return records
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _len_record(number: int, payload: bytes | bytearray | memoryview) -> bytes:
-    return _encode_varint(number << 3 | _LEN) + _encode_varint(len(payload))
-
-
 def _entry(key: str, value: str) -> bytes:
-    body = b"".join(_len_record(n, s.encode()) + s.encode() for n, s in ((1, key), (2, value)))
-    return _len_record(_T_EXTERNAL_DATA, body) + body
+    body = wire.len_record(1, key.encode()) + wire.len_record(2, value.encode())
+    return wire.len_record(_T_EXTERNAL_DATA, body)
 
 
-def _dims(buf: memoryview, record: _Record) -> list[int]:
-    if record.wire_type == _VARINT:
-        return [_varint(buf, record.value_start, record.end)[0]]
-    if record.wire_type != _LEN:
-        raise _NotWalkableError("dims of an unexpected wire type")
+def _dims(buf: memoryview, record: wire.Record) -> list[int]:
+    if record.wire_type == wire.VARINT:
+        return [wire.read_varint(buf, record.value_start, record.end)[0]]
+    if record.wire_type != wire.LEN:
+        raise ModelFormatError("dims of an unexpected wire type")
     values, pos = [], record.value_start
     while pos < record.end:
-        value, pos = _varint(buf, pos, record.end)
+        value, pos = wire.read_varint(buf, pos, record.end)
         values.append(value)
     return values
 
 
-def _split_tensor(buf: memoryview, tensor: _Record) -> tuple[bytes, SplitInitializer] | None:
+def _split_tensor(buf: memoryview, tensor: wire.Record) -> tuple[bytes, SplitInitializer] | None:
     """The tensor's new bytes (without the tag) and its location, or None to keep it inline."""
-    records = _records(buf, tensor.value_start, tensor.end)
+    records = list(wire.records(buf, tensor.value_start, tensor.end))
     dims: list[int] = []
     element_type = 0
     name: str | None = None
-    raw: _Record | None = None
+    raw: wire.Record | None = None
     for record in records:
         if record.number in (_T_SEGMENT, _T_EXTERNAL_DATA) or record.number in _T_TYPED_DATA:
             return None
         if record.number == _T_DATA_LOCATION:
-            if record.wire_type != _VARINT or _varint(buf, record.value_start, record.end)[0]:
+            if (
+                record.wire_type != wire.VARINT
+                or wire.read_varint(buf, record.value_start, record.end)[0]
+            ):
                 return None
         elif record.number == _T_DIMS:
             dims += _dims(buf, record)
-        elif record.number == _T_DATA_TYPE and record.wire_type == _VARINT:
-            element_type = _varint(buf, record.value_start, record.end)[0]
-        elif record.number == _T_NAME and record.wire_type == _LEN:
+        elif record.number == _T_DATA_TYPE and record.wire_type == wire.VARINT:
+            element_type = wire.read_varint(buf, record.value_start, record.end)[0]
+        elif record.number == _T_NAME and record.wire_type == wire.LEN:
             try:
                 name = bytes(buf[record.value_start : record.end]).decode("utf-8")
             except UnicodeDecodeError:
                 return None
-        elif record.number == _T_RAW_DATA and record.wire_type == _LEN:
+        elif record.number == _T_RAW_DATA and record.wire_type == wire.LEN:
             if raw is not None:
                 return None
             raw = record
@@ -223,8 +158,8 @@ def _split_tensor(buf: memoryview, tensor: _Record) -> tuple[bytes, SplitInitial
     )
     body = (
         kept
-        + _encode_varint(_T_DATA_LOCATION << 3 | _VARINT)
-        + _encode_varint(_EXTERNAL)
+        + wire.encode_varint(_T_DATA_LOCATION << 3 | wire.VARINT)
+        + wire.encode_varint(_EXTERNAL)
         + _entry("location", _LOCATION)
         + _entry("offset", "0")
         + _entry("length", str(length))
@@ -245,24 +180,24 @@ def split_initializers(model: memoryview) -> SplitModel | None:
         return None  # raw_data is little-endian; views of it would be misread
     buf = memoryview(model).cast("B")
     try:
-        top = _records(buf, 0, len(buf))
-        graphs = [r for r in top if r.number == _MODEL_GRAPH and r.wire_type == _LEN]
+        top = list(wire.records(buf, 0, len(buf)))
+        graphs = [r for r in top if r.number == _MODEL_GRAPH and r.wire_type == wire.LEN]
         if len(graphs) != 1:
             return None
         (graph,) = graphs
         pieces: list[bytes | memoryview] = []
         found: list[SplitInitializer] = []
-        for record in _records(buf, graph.value_start, graph.end):
+        for record in wire.records(buf, graph.value_start, graph.end):
             split = None
-            if record.number == _GRAPH_INITIALIZER and record.wire_type == _LEN:
+            if record.number == _GRAPH_INITIALIZER and record.wire_type == wire.LEN:
                 split = _split_tensor(buf, record)
             if split is None:
                 pieces.append(buf[record.start : record.end])
                 continue
             body, where = split
-            pieces.append(_len_record(_GRAPH_INITIALIZER, body) + body)
+            pieces.append(wire.len_record(_GRAPH_INITIALIZER, body))
             found.append(where)
-    except _NotWalkableError:
+    except ModelFormatError:
         return None
     if not found:
         return None
@@ -270,7 +205,7 @@ def split_initializers(model: memoryview) -> SplitModel | None:
     out = bytearray()
     for record in top:
         if record is graph:
-            out += _len_record(_MODEL_GRAPH, graph_body)
+            out += wire.len_header(_MODEL_GRAPH, len(graph_body))
             out += graph_body
         else:
             out += buf[record.start : record.end]

@@ -124,10 +124,7 @@ def generate_decoy_model_id(prefix: str = "model") -> str:
     Raises:
         UsageError: ``prefix`` is not a valid id start.
     """
-    value = f"{prefix}-{secrets.token_hex(4)}"
-    if not _NAME.fullmatch(value):
-        raise UsageError(f"decoy prefix must match {_NAME.pattern}, got {prefix!r}")
-    return value
+    return _decoy_name(prefix)
 
 
 def generate_decoy_account_name(prefix: str = "svc") -> str:
@@ -136,6 +133,10 @@ def generate_decoy_account_name(prefix: str = "svc") -> str:
     Raises:
         UsageError: ``prefix`` is not a valid name start.
     """
+    return _decoy_name(prefix)
+
+
+def _decoy_name(prefix: str) -> str:
     value = f"{prefix}-{secrets.token_hex(4)}"
     if not _NAME.fullmatch(value):
         raise UsageError(f"decoy prefix must match {_NAME.pattern}, got {prefix!r}")

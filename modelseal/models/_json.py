@@ -65,6 +65,10 @@ def decode_object(
         fail(f"contains {name}, which is not I-JSON")
 
     def parse_int(text: str) -> int:
+        # 2**53 - 1 has 16 digits; refusing longer literals first also keeps int() from
+        # raising its own ValueError past 4300 digits (sys.set_int_max_str_digits).
+        if len(text.lstrip("-")) > 16:
+            fail(f"contains integer {text[:32]} outside the I-JSON range")
         value = int(text)
         if abs(value) > MAX_SAFE_INTEGER:
             fail(f"contains integer {text[:32]} outside the I-JSON range")

@@ -109,9 +109,17 @@ def records(buf: bytes | bytearray | memoryview, start: int, end: int) -> Iterat
         pos = next_pos
 
 
+def len_header(number: int, length: int) -> bytes:
+    """The tag and length prefix of a length-delimited record of field ``number``.
+
+    For callers that append a payload they must not copy (a buffer they later wipe).
+    """
+    return encode_varint(number << 3 | LEN) + encode_varint(length)
+
+
 def len_record(number: int, payload: bytes) -> bytes:
     """A length-delimited record of field ``number``."""
-    return encode_varint(number << 3 | LEN) + encode_varint(len(payload)) + payload
+    return len_header(number, len(payload)) + payload
 
 
 def decode_varints(data: bytes | memoryview) -> npt.NDArray[np.uint64]:

@@ -5,7 +5,10 @@ for a 2 GiB model would mean a 2 GiB plaintext buffer before sealing. Here the
 files stay on disk: their SHA-256 is computed in one streaming pass, the prefix and
 manifest are built from the lengths and hashes alone, and :class:`BundleStream`
 then serves the bundle's bytes in order (prefix, manifest, zero padding, each
-file) to :func:`modelseal.envelope.seal_stream`, which seals in constant memory::
+file) to :func:`modelseal.envelope.seal_stream`, which seals in constant memory. Each
+file is hashed again as it is served, and a file whose bytes changed since the first
+pass makes the read fail when its last byte is served, so a bundle whose manifest
+does not match its files is never sealed whole::
 
     stream = BundleStream.from_files(fields, [("model.safetensors", path)])
     with stream, open(out, "wb") as dst:
@@ -89,16 +92,20 @@ class BundleStream:
     """A read-only, forward-only file object over a bundle whose files are on disk.
 
     Raises (from :meth:`readinto`):
-        BundleError: A file changed length since its hash was taken.
+        BundleError: A file is shorter, or holds other bytes, than when its hash was taken.
     """
 
     def __init__(self, head: bytes, manifest: Manifest, paths: Sequence[Path]) -> None:
         """Serve ``head`` then each file of ``manifest`` from ``paths`` (see :meth:`from_files`)."""
         self._manifest = manifest
         self._pieces: list[tuple[int, int, Path | None]] = [(0, len(head), None)]
+        self._entries: dict[int, FileEntry] = {}
         self._head = head
         for entry, path in zip(manifest.files, paths, strict=True):
+            self._entries[len(self._pieces)] = entry
             self._pieces.append((entry.offset, entry.end, path))
+        # The file being served and the hash of its bytes served so far.
+        self._hashing: tuple[int, hashlib._Hash] | None = None
         self._length = manifest.files[-1].end
         self._position = 0
         self._handle: int | None = None
@@ -140,18 +147,23 @@ class BundleStream:
         while written < len(view) and self._position < self._length:
             pos = self._position
             take = len(view) - written
-            piece = next((p for p in self._pieces if p[0] <= pos < p[1]), None)
-            if piece is None:  # zero padding before the next file
+            index = next((i for i, p in enumerate(self._pieces) if p[0] <= pos < p[1]), None)
+            if index is None:  # zero padding before the next file
                 following = min(p[0] for p in self._pieces if p[0] > pos)
                 n = min(take, following - pos)
                 view[written : written + n] = bytes(n)
-            elif piece[2] is None:
-                n = min(take, piece[1] - pos)
+                written += n
+                self._position += n
+                continue
+            start, end, path = self._pieces[index]
+            if path is None:
+                n = min(take, end - pos)
                 view[written : written + n] = self._head[pos : pos + n]
             else:
                 n = self._read_file(
-                    piece[2], pos - piece[0], view[written : written + min(take, piece[1] - pos)]
+                    path, pos - start, view[written : written + min(take, end - pos)]
                 )
+                self._rehash(index, view[written : written + n], done=pos + n == end)
             written += n
             self._position += n
         return written
@@ -163,6 +175,21 @@ class BundleStream:
         buf = bytearray(size)
         n = self.readinto(buf)
         return bytes(buf[:n])
+
+    def _rehash(self, index: int, data: memoryview, *, done: bool) -> None:
+        """Hash file ``index``'s bytes as they are served; check the digest at its end."""
+        if self._hashing is None or self._hashing[0] != index:
+            self._hashing = (index, hashlib.sha256())
+        digest = self._hashing[1]
+        digest.update(data)
+        if done:
+            self._hashing = None
+            entry = self._entries[index]
+            if digest.hexdigest() != entry.sha256:
+                raise BundleError(
+                    f"{self._pieces[index][2]} changed since it was hashed: file "
+                    f"{entry.name!r} no longer matches the manifest's sha256"
+                )
 
     def _read_file(self, path: Path, offset: int, view: memoryview) -> int:
         if self._handle_path != path:

@@ -19,7 +19,9 @@ decrypts one tensor at a time straight into the buffer its runtime will use. The
 manifest's ``runtime`` hints carry ``weights = "sealed-per-tensor"`` so a client
 knows the layout before it reads the graph.
 
-Rules a reader checks (:func:`external_tensors`, and the client loader):
+Rules a reader checks (:func:`external_tensors`, and the client loader), for the main
+graph's initializers, where the builder puts every external reference (``docs/MODELS.md``
+says what ONNX Runtime does with one elsewhere):
 
 * every external reference names a file of the bundle other than ``files[0]``, at
   offset 0, and covers the whole file, whose length is exactly what the tensor's

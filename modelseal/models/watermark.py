@@ -188,8 +188,9 @@ class Match:
     Attributes:
         jti: The candidate issuance.
         z: Normalised correlation; about ``N(0, 1)`` for a key that did not mark the suspect.
-        p_value: One-sided normal tail ``P(Z >= z)``: the chance that one given wrong key
-            scores this high.
+        p_value: One-sided normal tail ``P(Z >= z)``: about the chance that one given wrong
+            key scores this high; for any suspect the true chance is at most 3.18 times
+            this (``docs/WATERMARK.md`` section 1.5).
         family_p_value: ``min(1, n * p_value)`` for the ``n`` candidates scored together: a
             bound on the chance that any wrong candidate of the scan scores this high. This
             is the figure to act on when many issuances were scanned.

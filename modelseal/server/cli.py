@@ -24,8 +24,6 @@ from modelseal.server.container import Services, build_services
 from modelseal.server.db.migrate import current_revision, head_revision, upgrade
 from modelseal.server.db.session import make_engine
 from modelseal.server.keys_cli import admin_actor, keys_app
-from modelseal.server.services.audit import AuditAction
-from modelseal.server.services.audit import admin_actor as audit_admin_actor
 from modelseal.server.settings import Settings, load_settings
 
 __all__ = ["admin_app", "server_app"]
@@ -97,35 +95,40 @@ def serve(
     from modelseal.server.app import create_app
     from modelseal.server.logging import configure_logging
     from modelseal.server.settings import CONFIG_ENV
-    from modelseal.server.workers import APP_FACTORY, prepare
+    from modelseal.server.workers import prepare
+    from modelseal.server.workers import serve as serve_workers
 
     configure_logging()
     settings = _guard(lambda: load_settings(config))
-    app: Any
-    if workers == 1:
-        app = _guard(lambda: create_app(settings))
-    else:
-        # Each worker process builds its own app from the same file and environment.
-        _guard(lambda: prepare(settings))
-        if config is not None:
-            os.environ[CONFIG_ENV] = str(config.resolve())
-        app = APP_FACTORY
-    uvicorn.run(
-        app,
-        factory=workers > 1,
-        workers=workers,
-        host=host or settings.host,
-        port=settings.port if port is None else port,
-        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
-        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
-        proxy_headers=settings.behind_proxy,
-        forwarded_allow_ips=settings.forwarded_allow_ips if settings.behind_proxy else None,
+    options: dict[str, Any] = {
+        "ssl_certfile": str(settings.tls_certfile) if settings.tls_certfile else None,
+        "ssl_keyfile": str(settings.tls_keyfile) if settings.tls_keyfile else None,
+        "proxy_headers": settings.behind_proxy,
+        "forwarded_allow_ips": settings.forwarded_allow_ips if settings.behind_proxy else None,
         # Our middleware logs one redacted line per request; uvicorn's access log would
         # print raw paths, and download paths hold link tokens.
-        access_log=False,
-        log_config=None,
-        server_header=False,
-    )
+        "access_log": False,
+        "log_config": None,
+        "server_header": False,
+    }
+    bind_host = host or settings.host
+    bind_port = settings.port if port is None else port
+    if workers == 1:
+        app = _guard(lambda: create_app(settings))
+        uvicorn.run(app, host=bind_host, port=bind_port, **options)
+        return
+    # Each worker process builds its own app from the same file and environment.
+    _guard(lambda: prepare(settings))
+    if config is not None:
+        os.environ[CONFIG_ENV] = str(config.resolve())
+    try:
+        status = serve_workers(bind_host, bind_port, workers, options)
+    except (OSError, ValueError) as exc:
+        where = f"{bind_host}:{bind_port}"
+        typer.echo(f"error: invalid_argument: cannot listen on {where}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if status:
+        raise typer.Exit(status)
 
 
 # --- admin --------------------------------------------------------------------------------
@@ -164,32 +167,11 @@ def _services(ctx: typer.Context) -> Iterator[Services]:
         services.close()
 
 
-def _audit_admin(services: Services, command: str, **details: str | int | None) -> None:
-    """Record an admin command in the audit log (its own transaction, right after it)."""
-    user_id = details.get("user_id")
-    with services.sessions.begin() as session:
-        services.audit.append(
-            session,
-            AuditAction.ADMIN_ACTION,
-            actor=audit_admin_actor(),
-            user_id=user_id if isinstance(user_id, int) else None,
-            details={"command": command, **details},
-        )
-
-
-def _token_id(token: str) -> str:
-    """The public id part of ``ms_<token_id>_<secret>`` (the secret never leaves here)."""
-    return token.split("_")[1] if token.count("_") >= 2 else "-"
-
-
 @users_app.command("create")
 def users_create(ctx: typer.Context, name: str) -> None:
     """Create a built-in account and print its first API token (shown once)."""
     with _services(ctx) as services:
         info, token = _guard(lambda: services.accounts.create_user(name))
-        _audit_admin(
-            services, "users.create", user_id=info.id, user_name=name, token_id=_token_id(token)
-        )
     typer.echo(f"user {info.name} created (subject {info.subject})", err=True)
     typer.echo(token)
 
@@ -210,10 +192,17 @@ def users_delete(ctx: typer.Context, name: str) -> None:
     stay for their own retention.
     """
     with _services(ctx) as services:
-        report = _guard(lambda: services.examples.delete_user(name))
+        accounts = services.accounts
+        report = _guard(
+            lambda: services.examples.delete_user(
+                name,
+                record=lambda session, user_id: accounts.record_admin(
+                    session, "users.delete", user_id=user_id, user_name=name
+                ),
+            )
+        )
         for kid in report.devices:
             _guard(functools.partial(services.devices.admin_revoke, kid))
-        _audit_admin(services, "users.delete", user_name=name)
     typer.echo(
         f"user {name} disabled: {report.examples} example uploads deleted, "
         f"{report.tokens} tokens and {len(report.devices)} devices revoked",
@@ -226,7 +215,6 @@ def tokens_create(ctx: typer.Context, user: str) -> None:
     """Create another API token for USER and print it (shown once)."""
     with _services(ctx) as services:
         token = _guard(lambda: services.accounts.create_token(user))
-        _audit_admin(services, "tokens.create", user_name=user, token_id=_token_id(token))
         typer.echo(token)
 
 
@@ -235,7 +223,6 @@ def tokens_revoke(ctx: typer.Context, token_id: str) -> None:
     """Revoke a token by its id (the 16 hex characters after ``ms_``)."""
     with _services(ctx) as services:
         _guard(lambda: services.accounts.revoke_token(token_id))
-        _audit_admin(services, "tokens.revoke", token_id=token_id)
     typer.echo(f"token {token_id} revoked", err=True)
 
 
@@ -254,9 +241,15 @@ def devices_list(
     """List devices."""
     with _services(ctx) as services:
         for owner, device in services.devices.list_all(user):
+            attested = device.attestation
+            attestation = (
+                "-"
+                if attested is None
+                else f"{attested.platform}:{attested.level}@{_when(attested.verified_at)}"
+            )
             typer.echo(
                 f"{owner or '-'}\t{device.device_id}\t{device.kid}\t{device.kem}\t"
-                f"{device.status}\t{device.app_version}"
+                f"{device.status}\t{device.app_version}\t{attestation}"
             )
 
 

@@ -224,7 +224,7 @@ def build_services(
         runner=runner,
         runners=runners,
         events=events,
-        accounts=AccountService(sessions, settings.auth, clock),
+        accounts=AccountService(sessions, settings.auth, clock, audit=audit),
         authenticator=authenticator,
         devices=devices,
         attestation=attestation,

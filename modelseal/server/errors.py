@@ -63,9 +63,14 @@ class AuthenticationError(ServerError):
     """No credentials, or credentials that did not verify.
 
     The message says only that authentication failed, never which part.
+
+    Attributes:
+        user_id: The user whose token id was named with a wrong secret (server-side
+            only: the anti-fraud ``credential_failure`` event; never sent to the client).
     """
 
     code = "unauthenticated"
+    user_id: int | None = None
 
 
 class NotFoundError(ServerError):
@@ -261,3 +266,10 @@ class OverrideInvalidError(ServerError):
     """An operator's verdict override is not acceptable (empty reason, expiry in the past)."""
 
     code = "override_invalid"
+
+
+class DatabaseBusyError(OverloadedError):
+    """The database did not give a lock in time (SQLite busy timeout, PostgreSQL lock
+    timeout, deadlock or serialization failure); the transaction was rolled back. Retry."""
+
+    code = "database_busy"

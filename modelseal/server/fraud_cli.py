@@ -1,4 +1,5 @@
-"""``modelseal admin fraud ...``: list, explain and override fraud verdicts.
+"""``modelseal admin fraud ...``: list, explain and override fraud verdicts; check rules
+files and replay stored histories under them.
 
 Registered on ``admin_app`` by :mod:`modelseal.server.cli`; shares its ``--config``.
 Every override is stored (``fraud_overrides``), recorded as a ``fraud_override``
@@ -13,12 +14,13 @@ import json
 import re
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from argon2 import PasswordHasher
 
-from modelseal.fraud import Verdict
+from modelseal.fraud import RuleSet, Verdict
 from modelseal.server.container import Services
 from modelseal.server.services.abuse import VerdictInfo
 from modelseal.server.services.audit import admin_actor
@@ -26,6 +28,8 @@ from modelseal.server.services.audit import admin_actor
 __all__ = ["fraud_app", "parse_expiry"]
 
 fraud_app = typer.Typer(help="Fraud verdicts: list, explain, override.", no_args_is_help=True)
+rules_app = typer.Typer(help="Rules files: check, replay.", no_args_is_help=True)
+fraud_app.add_typer(rules_app, name="rules")
 _DURATION = re.compile(r"(\d{1,6})([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -155,3 +159,63 @@ def admin_token() -> None:
     token = "msa_" + secrets.token_urlsafe(32)
     typer.echo(f"token: {token}")
     typer.echo(f'abuse.admin_token_hash = "{PasswordHasher().hash(token)}"')
+
+
+RulesFile = Annotated[Path, typer.Argument(help="A rules file (TOML).")]
+
+
+@rules_app.command("check")
+def rules_check(file: RulesFile, as_json: JSONOption = False) -> None:
+    """Validate a rules file (exit 1 with the offending member named if it is invalid)."""
+    from modelseal.server import cli
+
+    rules = cli._guard(lambda: RuleSet.load(file))
+    if as_json:
+        typer.echo(json.dumps(rules.summary(), sort_keys=True))
+        return
+    stop = sum(1 for rule in rules.rules if rule.kind == "stop")
+    typer.echo(
+        f"{file}: ok, version {rules.version}, "
+        f"{stop} stop factors, {len(rules.rules) - stop} points rules"
+    )
+
+
+@rules_app.command("replay")
+def rules_replay(
+    ctx: typer.Context,
+    file: RulesFile,
+    max_users: Annotated[int, typer.Option("--max-users", min=1, max=1_000_000)] = 10_000,
+    as_json: JSONOption = False,
+) -> None:
+    """Assess stored histories under the rules in force and under FILE: what would change."""
+    from modelseal.server import cli
+
+    new = cli._guard(lambda: RuleSet.load(file))
+    with _services(ctx) as services:
+        result = services.abuse.replay_rules(new, max_users=max_users)
+        current = services.abuse.rules.version
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "current": current,
+                    "new": new.version,
+                    "users": result.users,
+                    "before": {str(k): v for k, v in result.before.items()},
+                    "after": {str(k): v for k, v in result.after.items()},
+                    "changes": [
+                        {
+                            "user_id": c.user_id,
+                            "before": str(c.before.verdict),
+                            "after": str(c.after.verdict),
+                            "rules_after": [f.rule_id for f in c.after.fired],
+                        }
+                        for c in result.changes
+                    ],
+                },
+                sort_keys=True,
+            )
+        )
+        return
+    typer.echo(f"rules {current} -> {new.version}, {result.users} users")
+    typer.echo(result.summary())

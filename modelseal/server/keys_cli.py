@@ -7,12 +7,12 @@ per key: purpose, kid, backend, alg, state, created, and the state's date.
 
 from __future__ import annotations
 
-import getpass
 from typing import Annotated
 
 import typer
 
 from modelseal.server.keyservice import KeyInfo, KeyPurpose
+from modelseal.server.services.audit import admin_actor
 
 __all__ = ["admin_actor", "keys_app"]
 
@@ -23,14 +23,6 @@ keys_app = typer.Typer(
 
 PurposeArg = Annotated[KeyPurpose, typer.Argument(help="issuer, link or checkpoint")]
 KidArg = Annotated[str, typer.Argument(help="The key id")]
-
-
-def admin_actor() -> str:
-    """The audit actor of an admin command: ``admin-cli:<OS user>``."""
-    try:
-        return f"admin-cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "admin-cli"
 
 
 def _line(info: KeyInfo) -> str:

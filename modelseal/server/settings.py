@@ -410,7 +410,8 @@ class AbuseSettings(_Section):
         max_events_per_post: Events accepted in one ``POST /v1/events``.
         honey_model_ids: Decoy model ids no honest client requests.
         honey_account_names: Decoy built-in accounts no honest client logs in as.
-        honey_device_kids: Decoy device key ids (JWK thumbprints) no honest device has.
+        honey_device_kids: Decoy device key ids (the ``kid`` a device key is registered
+            with, matched exactly) no honest device has.
         admin_token_hash: Argon2id PHC hash of the admin API bearer token; None disables
             the admin API (``modelseal admin fraud admin-token`` makes one).
         api_versions: Accepted ``X-Modelseal-Api-Version`` values (requests without the
@@ -425,6 +426,13 @@ class AbuseSettings(_Section):
             window (carrier NAT, corporate proxies) link nobody.
         address_link_prefix_v4: Addresses link by network: IPv4 prefix length (32: exact).
         address_link_prefix_v6: IPv6 prefix length (a /48 is one site or customer).
+        address_retention_seconds: Client addresses are kept this long: older
+            ``address_uses`` rows are deleted and ``details.ip`` / ``details.network``
+            removed from older events by the sweeper (at least ``address_window_seconds``).
+        app_events_per_user_limit: Events one user may store through ``POST /v1/events``
+            (counted per event, not per request); past it the post is refused 429.
+        credential_failure_events_per_interval: ``credential_failure`` events recorded
+            per targeted user per ``event_record_interval_seconds`` (one per address).
     """
 
     rate_limit_storage: str = "memory://"
@@ -455,6 +463,9 @@ class AbuseSettings(_Section):
     address_link_max_accounts: int = Field(default=20, ge=2, le=10_000)
     address_link_prefix_v4: int = Field(default=24, ge=8, le=32)
     address_link_prefix_v6: int = Field(default=48, ge=16, le=128)
+    address_retention_seconds: int = Field(default=30 * 86400, ge=86400, le=400 * 86400)
+    app_events_per_user_limit: str | None = "2000/day"
+    credential_failure_events_per_interval: int = Field(default=10, ge=1, le=1000)
 
     @field_validator(
         "user_rate_limit",
@@ -462,6 +473,7 @@ class AbuseSettings(_Section):
         "ip_rate_limit",
         "suspicious_user_rate_limit",
         "auth_failure_limit",
+        "app_events_per_user_limit",
     )
     @classmethod
     def _check_rate(cls, value: str | None) -> str | None:
@@ -475,6 +487,12 @@ class AbuseSettings(_Section):
         if not value.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
             raise ValueError(f"rate_limit_storage must be memory:// or redis://..., got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_retention(self) -> AbuseSettings:
+        if self.address_retention_seconds < self.address_window_seconds:
+            raise ValueError("address_retention_seconds must be at least address_window_seconds")
+        return self
 
     @field_validator("admin_token_hash")
     @classmethod
@@ -574,12 +592,17 @@ class AuditSettings(_Section):
             witnesses; put it outside the database host's reach (a separate mount,
             or a directory synced to a write-once bucket). Default
             ``<data_dir>/audit/checkpoints``.
+        verifier_keys: The pinned checkpoint verifier keys
+            (``name+keyid+base64``) ``modelseal audit`` trusts when no ``--key`` is
+            given. Unset, it falls back to the keys the server recorded under
+            ``<data_dir>/audit``, which anyone who can write there can extend.
     """
 
     origin: str | None = Field(default=None, pattern=r"^[^\s+\u2014]{1,256}$")
     checkpoint_every_entries: int = Field(default=1000, ge=1, le=1_000_000)
     checkpoint_every_seconds: int = Field(default=300, ge=0, le=86400)
     export_dir: Path | None = None
+    verifier_keys: list[str] = Field(default_factory=list, max_length=64)
 
 
 class ExamplesSettings(_Section):
@@ -617,7 +640,7 @@ class Settings(BaseSettings):
         data_dir: Root of local state: database (SQLite), blobs, keyring.
         database_url: SQLAlchemy URL; default SQLite file in ``data_dir``.
         link_signing_key: base64url HMAC key for download links (>= 32 bytes);
-            generated per process in dev mode when unset.
+            dev mode generates one under ``data_dir`` (mode 0600) when unset.
         host: Bind address of ``modelseal server``.
         port: Bind port of ``modelseal server``.
         tls_certfile: PEM certificate chain for HTTPS.
@@ -759,8 +782,11 @@ class Settings(BaseSettings):
                 )
             if self.attestation.insecure_dev or any(
                 requirement.split(":")[0] == "insecure-dev"
-                for m in self.models
-                for requirement in (m.attestation.required if m.attestation else [])
+                for policy in [
+                    self.attestation.default_policy,
+                    *(m.attestation for m in self.models if m.attestation),
+                ]
+                for requirement in policy.required
             ):
                 raise ValueError(
                     "production mode refuses the insecure-dev attestation verifier "

@@ -8,15 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from argon2 import PasswordHasher
 
+from tests.pg import fresh_database
 from tests.server.conftest import TEST_GENERATOR, Harness, log_stream, start
 
 __all__ = ["ADMIN_TOKEN", "HONEY_KID", "QUOTA", "abuse_overrides", "log_stream", "start"]
 
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 QUOTA = 10
 ADMIN_TOKEN = "msa_" + secrets.token_urlsafe(32)
 # Light Argon2id parameters: the tests verify the admin token many times.
@@ -61,11 +60,5 @@ def server(tmp_path: Path, log_stream: io.StringIO) -> Iterator[Harness]:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database, dropped afterwards."""
-    name = "ms_abuse_" + secrets.token_hex(6)
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("ms_abuse") as url:
+        yield url

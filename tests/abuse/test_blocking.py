@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from modelseal.fraud import Verdict
+from modelseal.fraud import RuleSet, Verdict
 from modelseal.keys import KEM, RecipientPrivateKey, key_to_jwk
-from modelseal.server.db.abuse_models import FraudOverride
+from modelseal.server.db.abuse_models import FraudOverride, FraudVerdict
 from modelseal.server.errors import AccountBlockedError
 from modelseal.server.services.audit import AuditFilter
 from tests.server.conftest import Harness
@@ -147,11 +147,15 @@ def test_a_decoy_model_id_blocks_at_once_with_an_alert(
     assert "m-decoy" not in log_stream.getvalue()  # the decoy itself stays out of the logs
 
 
-def test_a_decoy_account_is_blocked_on_its_first_request(server: Harness) -> None:
+def test_a_decoy_account_is_blocked_on_its_first_request(
+    server: Harness, log_stream: io.StringIO
+) -> None:
     token = server.user("svc-decoy")
     refused_blocked(server.client.get("/v1/devices", headers=server.auth(token)))
     assert metric(server, "honey_token_uses_total", kind="account") == 1
     assert server.services.abuse.explain("svc-decoy").verdict == Verdict.MALICIOUS
+    assert "honey_token_used" in log_stream.getvalue()
+    assert "svc-decoy" not in log_stream.getvalue()
 
 
 @pytest.fixture
@@ -168,7 +172,7 @@ def decoy_server(
 
 
 def test_a_decoy_device_key_blocks_its_registrant(
-    decoy_server: Harness, decoy_key: RecipientPrivateKey
+    decoy_server: Harness, decoy_key: RecipientPrivateKey, log_stream: io.StringIO
 ) -> None:
     h = decoy_server
     token = h.user("cloner")
@@ -188,6 +192,8 @@ def test_a_decoy_device_key_blocks_its_registrant(
         )
     )
     assert metric(h, "honey_token_uses_total", kind="device_key") == 1
+    assert "honey_token_used" in log_stream.getvalue()
+    assert decoy_key.kid not in log_stream.getvalue()
 
 
 def test_an_override_is_recorded_and_wins_until_cleared(server: Harness) -> None:
@@ -273,3 +279,49 @@ def test_without_an_admin_token_the_admin_api_does_not_exist(
             "/v1/admin/fraud/verdicts", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
         )
         assert response.status_code == 404
+
+
+def test_a_verdict_stored_under_other_rules_is_recomputed_on_use(server: Harness) -> None:
+    token = server.user("erin")
+    user_id = server.services.authenticator.authenticate(token).user_id
+    server.services.abuse.record_server_event("app_reinstalled", user_id=user_id)
+    with server.services.sessions.begin() as session:
+        row = session.get(FraudVerdict, user_id)
+        assert row is not None
+        assert row.verdict == "ok"
+    # New rules deployed: reinstalls are now a stop factor.
+    server.services.abuse.rules = RuleSet.loads(
+        'version = "v-new"\n[thresholds]\nsuspicious = 30.0\nmalicious = 100.0\n'
+        '[[stop]]\nid = "reinstall"\ndescription = "x"\nwhen = [{ types = ["app_reinstalled"] }]\n'
+    )
+    response = server.client.get("/v1/devices", headers=server.auth(token))
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "account_blocked"
+
+
+def test_a_second_account_presenting_a_blocked_users_device_key_is_blocked(
+    server: Harness,
+) -> None:
+    token = server.user("first")
+    device = server.register(token, "phone")
+    block(server, "first")
+    second = server.user("second")
+    response = server.client.post(
+        "/v1/devices",
+        json={
+            "device_id": "phone",
+            "app_version": "1.0.0",
+            "public_key": key_to_jwk(device.key.public_key()),
+        },
+        headers=server.auth(second),
+    )
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["code"] == "key_already_registered"
+    assert server.services.abuse.explain("second").verdict == Verdict.MALICIOUS
+    refused_blocked(
+        server.client.post(
+            "/v1/imls",
+            json={"model_id": "m1", "device_id": "phone"},
+            headers=server.auth(second, "phone"),
+        )
+    )

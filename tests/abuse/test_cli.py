@@ -98,3 +98,55 @@ def test_admin_token_prints_a_token_and_its_argon2id_hash(config: Path) -> None:
     out = run(config, "admin-token")
     assert out.startswith("token: msa_")
     assert "$argon2id$" in out
+
+
+STRICT_RULES = """
+version = "strict-1"
+description = "emulators are a stop factor"
+[thresholds]
+suspicious = 30.0
+malicious = 100.0
+[[stop]]
+id = "emulator_stop"
+description = "an emulator"
+when = [{ types = ["emulator_detected"] }]
+"""
+
+
+def test_rules_check_accepts_a_valid_file_and_names_the_bad_member(
+    config: Path, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(STRICT_RULES)
+    assert "ok, version strict-1, 1 stop factors, 0 points rules" in run(
+        config, "rules", "check", str(good)
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text(STRICT_RULES.replace('types = ["emulator_detected"]', "min_count = 0"))
+    result = CliRunner().invoke(admin_app, ["fraud", "rules", "check", str(bad)])
+    assert result.exit_code == 1
+    assert "error: fraud_rules_invalid:" in result.output
+    assert "stop[0].when[0]" in result.output
+
+
+def test_rules_replay_shows_the_verdicts_a_new_rules_file_would_change(
+    config: Path, tmp_path: Path
+) -> None:
+    services = build_services(load_settings(config))
+    try:
+        alice = services.accounts.find_user("alice")
+        services.accounts.create_user("bob")
+        bob = services.accounts.find_user("bob")
+        services.events.record("emulator_detected", user_id=alice.id, device_id="p")
+        services.events.record("app_reinstalled", user_id=bob.id, device_id="p")
+    finally:
+        services.close()
+    strict = tmp_path / "strict.toml"
+    strict.write_text(STRICT_RULES)
+    out = json.loads(run(config, "rules", "replay", str(strict), "--json"))
+    assert out["new"] == "strict-1"
+    assert out["users"] == 2
+    assert [(c["user_id"], c["after"], c["rules_after"]) for c in out["changes"]] == [
+        (alice.id, "malicious", ["emulator_stop"])
+    ]
+    assert "-> strict-1, 2 users" in run(config, "rules", "replay", str(strict))

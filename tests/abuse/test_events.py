@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -10,6 +12,8 @@ from modelseal.client.outbox import Event as OutboxEvent
 from modelseal.fraud import Verdict
 from modelseal.server.db.models import Event
 from tests.server.conftest import Harness
+
+from .conftest import abuse_overrides, start
 
 
 def post(h: Harness, token: str, body: Any, **headers: str) -> Any:
@@ -127,3 +131,25 @@ def test_the_api_version_header_is_checked_and_recorded(server: Harness) -> None
         assert response.json()["error"]["code"] == "api_version_unsupported"
     # Three refusals within one interval: one event.
     assert server.event_types().count("api_version_invalid") == 1
+
+
+def test_a_user_cannot_flood_the_events_table(tmp_path: Path, log_stream: io.StringIO) -> None:
+    for h in start(tmp_path, log_stream, **abuse_overrides(app_events_per_user_limit="10/day")):
+        token = h.user("alice")
+        h.register(token, "phone")
+        other = h.user("bob")
+        h.register(other, "phone")
+        batch = {"device_id": "phone", "events": [{"type": "app_reinstalled"}] * 4}
+        assert [post(h, token, batch).status_code for _ in range(2)] == [202, 202]
+        # The third batch would pass the cap: refused whole, nothing stored.
+        response = post(h, token, batch)
+        assert response.status_code == 429
+        assert response.json()["error"]["code"] == "rate_limited"
+        assert int(response.headers["Retry-After"]) > 0
+        assert len([e for e in app_events(h) if e.type == "app_reinstalled"]) == 8
+        # A smaller one still fits; another user's cap is their own.
+        small = {"device_id": "phone", "events": [{"type": "app_reinstalled"}] * 2}
+        assert post(h, token, small).status_code == 202
+        assert post(h, token, small).status_code == 429
+        assert post(h, other, batch).status_code == 202
+        assert len(app_events(h)) == 14

@@ -142,6 +142,37 @@ def test_a_failed_generation_gives_the_quota_unit_back(server: Harness) -> None:
     assert device.device_id == "phone"
 
 
+def used_units(h: Harness, user_id: int, model_id: str) -> int:
+    with h.services.sessions() as session:
+        used = session.scalar(
+            select(QuotaCounter.used).where(
+                QuotaCounter.user_id == user_id, QuotaCounter.model_id == model_id
+            )
+        )
+    return int(used or 0)
+
+
+def test_only_the_first_failure_of_a_job_that_never_became_ready_refunds(
+    server: Harness,
+) -> None:
+    token = server.user("carol")
+    device = server.register(token, "phone")
+    user_id = server.services.authenticator.authenticate(token).user_id
+    ready = server.issue(token, device)  # one unit used, a package sealed
+    assert used_units(server, user_id, "m1") == 1
+    # A late failure report for a ready job (a package exists): no unit comes back.
+    server.services.issuance._finish(ready["job_id"], "failed", error_code="late")
+    assert used_units(server, user_id, "m1") == 1
+    # A queued job failed twice (e.g. by the runner and by the scheduler): one refund.
+    with server.services.sessions.begin() as session:
+        job = session.get(Job, ready["job_id"])
+        assert job is not None
+        job.status = "queued"
+    for _ in range(2):
+        server.services.issuance._finish(ready["job_id"], "failed", error_code="twice")
+    assert used_units(server, user_id, "m1") == 0
+
+
 def test_quota_policy_periods_and_the_suspicious_limit() -> None:
     assert QuotaPolicy(limit=8, period="hour").period_seconds == 3600
     assert QuotaPolicy(limit=8, period=600).period_seconds == 600

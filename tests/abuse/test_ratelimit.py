@@ -74,6 +74,46 @@ def test_failed_authentications_lock_the_address_out_before_any_check(limited: H
     assert response.json()["error"]["code"] == "rate_limited"
 
 
+def test_a_lockout_spares_a_token_verified_recently_and_nothing_else(limited: Harness) -> None:
+    # An honest client behind the same NAT as a credential stuffer.
+    token = limited.user("alice")
+    assert limited.client.get("/v1/devices", headers=limited.auth(token)).status_code == 200
+    other = limited.user("bob")  # never verified by this process
+    wrong = "ms_" + secrets.token_hex(8) + "_" + "a" * 43
+    for _ in range(3):
+        limited.client.get("/v1/devices", headers=limited.auth(wrong))
+    assert limited.client.get("/v1/devices", headers=limited.auth(token)).status_code == 200
+    for refused in (other, wrong, token[:-1] + ("A" if token[-1] != "A" else "B")):
+        response = limited.client.get("/v1/devices", headers=limited.auth(refused))
+        assert response.status_code == 429
+        assert response.json()["error"]["code"] == "rate_limited"
+    # A token revoked since it was verified is refused too.
+    limited.services.accounts.revoke_token(token.split("_")[1])
+    assert limited.client.get("/v1/devices", headers=limited.auth(token)).status_code == 429
+
+
+def test_an_ipv6_client_cannot_escape_the_address_limits_by_rotating_within_its_64() -> None:
+    limits = RateLimits(
+        AbuseSettings(user_rate_limit=None, ip_rate_limit="2/minute", auth_failure_limit="2/minute")
+    )
+
+    def hit(ip: str) -> str | None:
+        refusal = limits.hit(user_id=1, device_id=None, ip=ip, suspicious=False)
+        return None if refusal is None else refusal.scope
+
+    assert [hit(f"2001:db8:1:2::{i:x}") for i in range(1, 4)] == [None, None, "ip"]
+    assert hit("2001:db8:1:3::1") is None  # another /64: another subscriber
+    assert [hit(ip) for ip in ("::ffff:192.0.2.1", "192.0.2.1", "::ffff:192.0.2.1")] == [
+        None,
+        None,
+        "ip",
+    ]
+    for i in range(2):
+        limits.auth_failed(f"2001:db8:9:9:{i}::1")
+    assert limits.auth_refused("2001:db8:9:9:ffff::1") is not None
+    assert limits.auth_refused("2001:db8:9:a::1") is None
+
+
 def test_a_failing_shared_storage_lets_requests_through() -> None:
     limits = RateLimits(
         AbuseSettings(rate_limit_storage="redis://127.0.0.1:1", user_rate_limit="1/minute")

@@ -78,6 +78,12 @@ def test_configured_verifier_accepts_a_real_chain(tmp_path: Path) -> None:
         {"packages": {"a.b": [DIGEST]}, "min_os_version": "13"},
         {"packages": {"a.b": [DIGEST]}, "challenge_binding": "none"},
         {"packages": {"a.b": [DIGEST]}, "roots": ["/nonexistent/root.pem"]},
+        # Values of the wrong type are configuration errors too, not tracebacks.
+        {"packages": {"a.b": [1]}},
+        {"packages": {"a.b": [DIGEST]}, "allowed_levels": 5},
+        {"packages": {"a.b": [DIGEST]}, "roots": 5},
+        {"packages": {"a.b": [DIGEST]}, "status_ttl_seconds": "x"},
+        {"packages": {"a.b": [DIGEST]}, "status_max_stale_seconds": None},
     ],
 )
 def test_bad_configuration_is_refused(config: dict[str, object]) -> None:

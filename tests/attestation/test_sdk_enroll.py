@@ -1,16 +1,19 @@
-"""The device SDK enrolls with a (development) attestation against a real server process."""
+"""The device SDK and CLI enroll with a (development) attestation against a real server."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner, Result
 
 import tests.e2e.conftest as e2e
 from modelseal.attestation.dev import InsecureDevAttester
 from modelseal.client.errors import ServerRefusedError
+from tests.e2e.cli_entry import cli
 from tests.e2e.conftest import TEST_GENERATOR, ServerProcess, enrolled, run_server
 
 MODELS = [
@@ -36,7 +39,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(e2e, "write_config", with_attestation)
-        running = run_server(tmp_path_factory.mktemp("attest-server"), MODELS, users=2)
+        running = run_server(tmp_path_factory.mktemp("attest-server"), MODELS, users=3)
         server = running.__enter__()
     try:
         yield server
@@ -58,3 +61,38 @@ def test_sdk_without_attestation_is_refused_the_attested_model(
     with pytest.raises(ServerRefusedError) as info:
         client.fetch("attested")
     assert info.value.code == "attestation_required"
+
+
+# --- ``modelseal device enroll --attest`` ------------------------------------------------------
+
+
+def _cli(*args: str | Path) -> Result:
+    environment = {"MODELSEAL_KEYSTORE_PASSPHRASE": "cli attest passphrase"}
+    return CliRunner().invoke(cli(), [str(a) for a in args], env=environment)
+
+
+def test_cli_enroll_with_insecure_dev_attestation_gets_the_attested_model(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    device = tmp_path / "cli-device"
+    assert _cli("device", "init", "--dir", device).exit_code == 0
+    enroll = _cli(
+        "device", "enroll", "--dir", device, "--server", server.url,
+        "--token", server.tokens[2], "--attest", "insecure-dev", "--json",
+    )  # fmt: skip
+    assert enroll.exit_code == 0, (enroll.stdout, enroll.stderr)
+    assert json.loads(enroll.stdout)["attestation"] == "insecure-dev"
+    fetched = _cli("device", "fetch", "--dir", device, "--model", "attested", "--json")
+    assert fetched.exit_code == 0, (fetched.stdout, fetched.stderr)
+
+
+def test_cli_enroll_refuses_platforms_a_desktop_cannot_attest(tmp_path: Path) -> None:
+    device = tmp_path / "cli-device"
+    assert _cli("device", "init", "--dir", device).exit_code == 0
+    result = _cli(
+        "device", "enroll", "--dir", device, "--server", "http://127.0.0.1:9",
+        "--token", "t", "--attest", "apple-appattest",
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert "error[usage_error]" in result.stderr
+    assert "platform APIs" in result.stderr

@@ -12,9 +12,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
-from modelseal.attestation import ChallengeInvalidError, ChallengeReplayedError, client_data
+from modelseal.attestation import (
+    ChallengeInvalidError,
+    ChallengeReplayedError,
+    client_data,
+    client_data_hash,
+)
 from modelseal.attestation.base import AttestationConfigError, AttestationCounterError
-from modelseal.attestation.dev import InsecureDevAttester, InsecureDevVerifier
+from modelseal.attestation.dev import InsecureDevVerifier
 from modelseal.keys import KEM, RecipientPrivateKey, key_to_jwk
 from modelseal.server.db.attestation_models import (
     AppAttestKey,
@@ -25,7 +30,11 @@ from modelseal.server.errors import ConfigurationError
 from modelseal.server.services.audit import AuditFilter
 from modelseal.server.settings import load_settings
 from tests.attestation.apple_factory import APP_ID, NOW, AppleFactory
-from tests.server.conftest import TEST_GENERATOR, Harness, make_settings, start
+from tests.attestation.server_helpers import challenge as _challenge
+from tests.attestation.server_helpers import dev_attestation as _dev_attestation
+from tests.attestation.server_helpers import raw as _raw
+from tests.attestation.server_helpers import start_attested
+from tests.server.conftest import TEST_GENERATOR, Harness, make_settings
 
 POLICY_MODELS: list[dict[str, Any]] = [
     {"id": "m1", "generator": TEST_GENERATOR, "options": {"size_bytes": 100}},
@@ -73,32 +82,7 @@ def apple() -> AppleFactory:
 
 @pytest.fixture
 def server(tmp_path: Path, log_stream: io.StringIO, apple: AppleFactory) -> Iterator[Harness]:
-    root_file = tmp_path / "test-apple-root.pem"
-    root_file.write_bytes(apple.root.pem)
-    yield from start(
-        tmp_path,
-        log_stream,
-        models=POLICY_MODELS,
-        attestation={
-            "insecure_dev": True,
-            "challenge_ttl_seconds": 120,
-            "apple": {"app_ids": [APP_ID], "roots": [str(root_file)]},
-        },
-    )
-
-
-def _challenge(h: Harness, token: str, purpose: str = "enroll") -> dict[str, Any]:
-    response = h.client.post(
-        "/v1/attestation/challenge", json={"purpose": purpose}, headers=h.auth(token)
-    )
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def _raw(challenge: dict[str, Any]) -> bytes:
-    text = challenge["challenge"]
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    yield from start_attested(tmp_path, log_stream, apple, models=POLICY_MODELS)
 
 
 def _enroll(
@@ -118,15 +102,6 @@ def _enroll(
     return h.client.post("/v1/devices", json=body, headers=h.auth(token))
 
 
-def _dev_attestation(challenge: dict[str, Any], key: RecipientPrivateKey) -> dict[str, Any]:
-    evidence = InsecureDevAttester().attest(_raw(challenge), key.public_key())
-    return {
-        "platform": "insecure-dev",
-        "evidence": base64.b64encode(evidence).decode(),
-        "challenge_id": challenge["challenge_id"],
-    }
-
-
 def _request(h: Harness, token: str, device_id: str, model_id: str) -> Any:
     return h.client.post(
         "/v1/imls", json={"model_id": model_id, "device_id": device_id}, headers=h.auth(token)
@@ -135,6 +110,45 @@ def _request(h: Harness, token: str, device_id: str, model_id: str) -> Any:
 
 def _events(h: Harness, type_: str) -> list[Any]:
     return [e for e in h.services.events.recent(limit=1000) if e.type == type_]
+
+
+def _apple_attestation(
+    h: Harness,
+    apple: AppleFactory,
+    token: str,
+    key: RecipientPrivateKey,
+    app_key: ec.EllipticCurvePrivateKey | None = None,
+) -> tuple[dict[str, Any], ec.EllipticCurvePrivateKey]:
+    """The ``attestation`` member of an App Attest enrollment of ``key``, and the app's key."""
+    challenge = _challenge(h, token)
+    evidence, app_key = apple.attestation(
+        client_data_hash(_raw(challenge), key.public_key()), key=app_key
+    )
+    attestation = {
+        "platform": "apple-appattest",
+        "evidence": base64.b64encode(evidence).decode(),
+        "challenge_id": challenge["challenge_id"],
+    }
+    return attestation, app_key
+
+
+def _assertion_body(
+    h: Harness,
+    apple: AppleFactory,
+    token: str,
+    key: RecipientPrivateKey,
+    app_key: ec.EllipticCurvePrivateKey,
+    counter: int,
+    purpose: str = "assertion",
+) -> dict[str, Any]:
+    """A ``POST /v1/attestation/assertion`` body for device ``iphone`` on a fresh challenge."""
+    c = _challenge(h, token, purpose)
+    data = client_data(_raw(c), key.public_key())
+    return {
+        "device_id": "iphone",
+        "challenge_id": c["challenge_id"],
+        "assertion": base64.b64encode(apple.assertion(app_key, data, counter)).decode(),
+    }
 
 
 # --- challenges -------------------------------------------------------------------------------
@@ -306,26 +320,12 @@ def test_app_attest_enrollment_and_assertions(server: Harness, apple: AppleFacto
     server.clock.now = NOW
     token = server.user("ivy")
     key = RecipientPrivateKey.generate(KEM.P256)
-    challenge = _challenge(server, token)
-    from modelseal.attestation import client_data_hash
-
-    evidence, app_key = apple.attestation(client_data_hash(_raw(challenge), key.public_key()))
-    attestation = {
-        "platform": "apple-appattest",
-        "evidence": base64.b64encode(evidence).decode(),
-        "challenge_id": challenge["challenge_id"],
-    }
+    attestation, app_key = _apple_attestation(server, apple, token, key)
     assert _enroll(server, token, "iphone", key, attestation).status_code == 201
     assert _request(server, token, "iphone", "m-apple").status_code == 202
 
     def assertion(counter: int) -> Any:
-        c = _challenge(server, token, "assertion")
-        data = client_data(_raw(c), key.public_key())
-        body = {
-            "device_id": "iphone",
-            "challenge_id": c["challenge_id"],
-            "assertion": base64.b64encode(apple.assertion(app_key, data, counter)).decode(),
-        }
+        body = _assertion_body(server, apple, token, key, app_key, counter)
         return server.client.post(
             "/v1/attestation/assertion", json=body, headers=server.auth(token)
         )
@@ -335,13 +335,7 @@ def test_app_attest_enrollment_and_assertions(server: Harness, apple: AppleFacto
     assert first.json()["counter"] == 1
     assert assertion(7).json()["counter"] == 7
     # An enrollment challenge cannot be spent on an assertion.
-    c = _challenge(server, token, "enroll")
-    data = client_data(_raw(c), key.public_key())
-    body = {
-        "device_id": "iphone",
-        "challenge_id": c["challenge_id"],
-        "assertion": base64.b64encode(apple.assertion(app_key, data, 8)).decode(),
-    }
+    body = _assertion_body(server, apple, token, key, app_key, 8, purpose="enroll")
     wrong = server.client.post("/v1/attestation/assertion", json=body, headers=server.auth(token))
     assert wrong.json()["error"]["code"] == "attestation_challenge_invalid"
     # A replayed counter is refused, recorded, and (a fraud stop factor) blocks the account.
@@ -359,15 +353,7 @@ def test_assertion_counter_going_back_is_refused(server: Harness, apple: AppleFa
     server.clock.now = NOW
     token = server.user("ivan")
     key = RecipientPrivateKey.generate(KEM.P256)
-    challenge = _challenge(server, token)
-    from modelseal.attestation import client_data_hash
-
-    evidence, app_key = apple.attestation(client_data_hash(_raw(challenge), key.public_key()))
-    attestation = {
-        "platform": "apple-appattest",
-        "evidence": base64.b64encode(evidence).decode(),
-        "challenge_id": challenge["challenge_id"],
-    }
+    attestation, app_key = _apple_attestation(server, apple, token, key)
     assert _enroll(server, token, "iphone", key, attestation).status_code == 201
     principal = _principal(server, "ivan")
     with server.services.sessions() as session:
@@ -469,25 +455,11 @@ def test_per_request_assertion_is_spent_by_one_iml_request(
     server.clock.now = NOW
     token = server.user("lea")
     key = RecipientPrivateKey.generate(KEM.P256)
-    challenge = _challenge(server, token)
-    from modelseal.attestation import client_data_hash
-
-    evidence, app_key = apple.attestation(client_data_hash(_raw(challenge), key.public_key()))
-    attestation = {
-        "platform": "apple-appattest",
-        "evidence": base64.b64encode(evidence).decode(),
-        "challenge_id": challenge["challenge_id"],
-    }
+    attestation, app_key = _apple_attestation(server, apple, token, key)
     assert _enroll(server, token, "iphone", key, attestation).status_code == 201
 
     def assert_once(counter: int) -> None:
-        c = _challenge(server, token, "assertion")
-        data = client_data(_raw(c), key.public_key())
-        body = {
-            "device_id": "iphone",
-            "challenge_id": c["challenge_id"],
-            "assertion": base64.b64encode(apple.assertion(app_key, data, counter)).decode(),
-        }
+        body = _assertion_body(server, apple, token, key, app_key, counter)
         response = server.client.post(
             "/v1/attestation/assertion", json=body, headers=server.auth(token)
         )
@@ -554,20 +526,10 @@ def test_play_integrity_settings_build_a_working_verifier(tmp_path: Path) -> Non
 def test_an_app_attest_key_attested_twice_is_refused(server: Harness, apple: AppleFactory) -> None:
     server.clock.now = NOW
     token = server.user("max")
-    from modelseal.attestation import client_data_hash
-
     app_key = ec.generate_private_key(ec.SECP256R1())
     for device_id, expected in (("first", 201), ("clone", 403)):
         key = RecipientPrivateKey.generate(KEM.P256)
-        challenge = _challenge(server, token)
-        evidence, _ = apple.attestation(
-            client_data_hash(_raw(challenge), key.public_key()), key=app_key
-        )
-        attestation = {
-            "platform": "apple-appattest",
-            "evidence": base64.b64encode(evidence).decode(),
-            "challenge_id": challenge["challenge_id"],
-        }
+        attestation, _ = _apple_attestation(server, apple, token, key, app_key)
         response = _enroll(server, token, device_id, key, attestation)
         assert response.status_code == expected, response.text
     assert response.json()["error"]["code"] == "attestation_key_mismatch"

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import io
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from modelseal.audit.verify import LogReport, load_checkpoints, verify_log
-from modelseal.server.container import Services
-from tests.server.conftest import Harness, log_stream, start
+from modelseal.server.clock import ManualClock
+from modelseal.server.container import Services, build_services
+from tests.pg import fresh_database
+from tests.server.conftest import Harness, log_stream, make_settings, start
 
-__all__ = ["PG_ADMIN", "log_stream", "pg_url", "server", "verify_services"]
-
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+__all__ = ["log_stream", "pg_url", "server", "services", "verify_services"]
 
 
 @pytest.fixture
@@ -26,16 +24,20 @@ def server(tmp_path: Path, log_stream: io.StringIO) -> Iterator[Harness]:
 
 
 @pytest.fixture
+def services(tmp_path: Path) -> Iterator[Services]:
+    """Services of a fresh server (no HTTP app), closed afterwards."""
+    built = build_services(make_settings(tmp_path / "data"), clock=ManualClock())
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+@pytest.fixture
 def pg_url() -> Iterator[str]:
     """A PostgreSQL database of its own, dropped afterwards."""
-    name = "ms_audit_" + secrets.token_hex(6)
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("ms_audit") as url:
+        yield url
 
 
 def verify_services(services: Services) -> LogReport:

@@ -8,11 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from typer.testing import CliRunner
 
+from modelseal.audit.checkpoint import Checkpoint, sign_checkpoint
+from modelseal.audit.merkle import leaf_hash, root_hash
+from modelseal.audit.note import Ed25519NoteSigner
 from modelseal.cli.main import app
 from modelseal.server.clock import ManualClock
 from modelseal.server.container import Services, build_services
+from modelseal.server.services.audit import export_checkpoint
 from tests.server.conftest import make_settings
 
 runner = CliRunner()
@@ -72,12 +77,12 @@ def test_verify_names_the_changed_entry_and_exits_4(data: tuple[Services, Path])
         )
     code, _out, err = run(config, "verify")
     assert code == 4
-    assert err.startswith("error[audit_chain_broken]:")
+    assert err.splitlines()[-1].startswith("error[audit_chain_broken]:")
     assert "first bad entry 5" in err
     assert "Traceback" not in err
     code, _out, err = run(config, "verify", "--entry", "5")
     assert code == 4
-    assert err.startswith("error[audit_root_mismatch]:")
+    assert err.splitlines()[-1].startswith("error[audit_root_mismatch]:")
 
 
 def test_verify_detects_truncation_after_a_published_checkpoint(
@@ -91,7 +96,7 @@ def test_verify_detects_truncation_after_a_published_checkpoint(
         conn.execute("UPDATE audit_state SET size = ?", (size - 2,))
     code, _out, err = run(config, "verify")
     assert code == 4
-    assert err.startswith("error[audit_truncated]:")
+    assert err.splitlines()[-1].startswith("error[audit_truncated]:")
 
 
 def test_verify_with_a_pinned_wrong_key_refuses_the_checkpoints(
@@ -173,3 +178,45 @@ def test_a_consistency_proof_between_checkpoints_verifies_offline(
     code, _out, err = run(config, "consistency", "--from", "3")
     assert code == 2
     assert "no signed checkpoint of size 3" in err
+
+
+def test_a_key_planted_in_the_data_directory_fools_only_an_unpinned_verify(
+    data: tuple[Services, Path],
+) -> None:
+    services, config = data
+    log = services.audit
+    real_key = run(config, "key")[1].split()[0]
+    size = log.appended_size()
+    # An insider truncates the log, removes every checkpoint, signs the truncated log
+    # with a key of their own and records that key where the server records its own.
+    with sqlite3.connect(database(services)) as conn:
+        conn.execute("DELETE FROM audit_entries WHERE seq >= ?", (size - 2,))
+        conn.execute("DELETE FROM audit_checkpoints")
+        conn.execute("UPDATE audit_state SET size = ?", (size - 2,))
+    for path in log.export_dir.glob("*.checkpoint"):
+        path.unlink()
+    leaves = [leaf_hash(row.data) for row in log.stored()]
+    forger = Ed25519NoteSigner(log.origin, ed25519.Ed25519PrivateKey.generate())
+    note = sign_checkpoint(Checkpoint(log.origin, len(leaves), root_hash(leaves)), [forger])
+    export_checkpoint(log.export_dir, len(leaves), note)
+    with (log.key_dir / "verifier-keys").open("a") as handle:
+        handle.write(forger.verifier_key() + "\n")
+    code, _out, err = run(config, "verify")
+    assert code == 0, err  # what the data directory vouches for
+    assert "no checkpoint key pinned" in err
+    pinned = config.parent / "pinned.toml"
+    pinned.write_text(config.read_text() + f'\n[audit]\nverifier_keys = ["{real_key}"]\n')
+    code, _out, err = run(pinned, "verify")
+    assert code == 4
+    assert err.startswith("error[audit_checkpoint_signature]:")
+    assert run(config, "verify", "--key", real_key)[0] == 4
+
+
+def test_a_malformed_pinned_key_is_a_configuration_error(data: tuple[Services, Path]) -> None:
+    _services, config = data
+    pinned = config.parent / "pinned.toml"
+    pinned.write_text(config.read_text() + '\n[audit]\nverifier_keys = ["not-a-key"]\n')
+    code, _out, err = run(pinned, "verify")
+    assert code != 0
+    assert "audit.verifier_keys[0]" in err
+    assert "Traceback" not in err

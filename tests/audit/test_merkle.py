@@ -172,3 +172,20 @@ def test_proofs_refuse_hashes_of_the_wrong_length() -> None:
         verify_consistency(1, 2, LEAVES[0], root_hash(LEAVES[:2]), [LEAVES[1][:31]])
     with pytest.raises(ProofError):
         verify_consistency(2, 1, LEAVES[0], LEAVES[0], [])
+
+
+def test_consistency_edge_sizes() -> None:
+    # m == n: only an empty proof between equal roots; m = 0 (the empty tree) is
+    # outside RFC 9162's PROOF(m, D[n]) and refused rather than trivially accepted.
+    root = root_hash(LEAVES[:5])
+    verify_consistency(5, 5, root, root, [])
+    with pytest.raises(ProofError):
+        verify_consistency(5, 5, root, root_hash(LEAVES[:4]), [])
+    with pytest.raises(ProofError):
+        verify_consistency(0, 5, EMPTY_ROOT, root, [])
+    with pytest.raises(ValueError, match="first tree size"):
+        consistency_proof(LEAVES[:5], 0)
+    with pytest.raises(ValueError, match="first tree size"):
+        consistency_proof(LEAVES[:5], 6)
+    with pytest.raises(ProofError):
+        verify_consistency(3, 5, root_hash(LEAVES[:3]), root, [])  # empty proof, m < n

@@ -167,3 +167,52 @@ def test_checkpoints_round_trip_and_refuse_another_origin() -> None:
 def test_malformed_checkpoint_texts_are_rejected(text: str) -> None:
     with pytest.raises(NoteError):
         Checkpoint.parse(text)
+
+
+def _ecdsa_signer(name: str, private: ec.EllipticCurvePrivateKey) -> ECDSANoteSigner:
+    from cryptography.hazmat.primitives import hashes
+
+    def sign_raw(message: bytes) -> bytes:
+        r, s = decode_dss_signature(private.sign(message, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+    return ECDSANoteSigner(name, private.public_key(), sign_raw)
+
+
+def test_a_relabelled_checkpoint_of_another_log_sharing_the_key_is_refused() -> None:
+    # Two logs share one HSM key. A type 0x02 key ID does not cover the key name, and
+    # the name on the signature line is not signed: relabelling log B's checkpoint
+    # with log A's name makes A's verifier key accept the signature.
+    private = ec.generate_private_key(ec.SECP256R1())
+    log_a = _ecdsa_signer("a.example/audit", private)
+    log_b = _ecdsa_signer("b.example/audit", private)
+    assert log_a.key_id == log_b.key_id
+    note = sign_checkpoint(Checkpoint("b.example/audit", 7, leaf_hash(b"b")), [log_b])
+    relabelled = note.replace(b"\xe2\x80\x94 b.example/audit ", b"\xe2\x80\x94 a.example/audit ")
+    trusted = [parse_verifier_key(log_a.verifier_key())]
+    assert open_note(relabelled, trusted).verified_by == ("a.example/audit",)
+    with pytest.raises(NoteSignatureError):
+        open_checkpoint(relabelled, trusted)
+    with pytest.raises(NoteError):
+        open_checkpoint(relabelled, trusted, origin="a.example/audit")
+
+
+def test_a_checkpoint_signed_only_by_a_key_not_named_after_its_origin_is_refused() -> None:
+    witness = Ed25519NoteSigner("witness.example", ed25519.Ed25519PrivateKey.generate())
+    note = sign_checkpoint(Checkpoint("example.com/audit", 2, leaf_hash(b"w")), [witness])
+    with pytest.raises(NoteSignatureError):
+        open_checkpoint(note, [parse_verifier_key(witness.verifier_key())])
+
+
+def test_sixteen_post_quantum_sized_signatures_are_accepted() -> None:
+    # c2sp.org/signed-note: accept at least 16 signatures; post-quantum ones are ~5 kB.
+    signer = Ed25519NoteSigner("example.com/audit", ed25519.Ed25519PrivateKey.generate())
+    note = sign_note("big\n", [signer]).decode()
+    foreign = base64.b64encode(b"\x01\x02\x03\x04" + bytes(4900)).decode()
+    lines = "".join(f"\u2014 witness{i}.example {foreign}\n" for i in range(15))
+    data = (note + lines).encode()
+    assert len(data) > 1 << 16
+    verifier = parse_verifier_key(signer.verifier_key())
+    assert open_note(data, [verifier]).verified_by == ("example.com/audit",)
+    with pytest.raises(NoteError):
+        open_note(data + f"\u2014 one.more {foreign}\n".encode(), [verifier])

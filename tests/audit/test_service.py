@@ -40,6 +40,7 @@ def test_the_flow_records_every_security_event_with_ids_only(server: Harness) ->
     recorded = actions(server)
     flow = [a for a in recorded if not a.startswith("key.")]
     assert flow == [
+        "admin.action",  # users.create, in the account's own transaction
         "device.registered",
         "iml.requested",
         "iml.issued",

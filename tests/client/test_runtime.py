@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from modelseal.client.errors import InputError, ModelUnsupportedError
-from modelseal.client.memory import WipeableBytes, wipe
+from modelseal.client.memory import PAGE_BYTES, WipeableBytes, release_pages, wipe
 from modelseal.client.runtime import load_at_rest, session_from_plaintext
 from modelseal.envelope import AtRest, Claims, seal_bytes
 from modelseal.errors import DEKUnwrapError, LicenceExpiredError
@@ -214,6 +214,22 @@ def test_wiping_large_wipeable_bytes_gives_its_pages_back() -> None:
     assert before - after > size * 3 // 4
     assert value[: 1 << 20] == bytes(1 << 20)
     assert value[-(1 << 20) :] == bytes(1 << 20)
+
+
+def test_releasing_pages_leaves_the_partial_pages_at_both_ends_alone() -> None:
+    page = PAGE_BYTES
+    data = bytearray(b"\xa5" * (8 * page))
+    base = np.frombuffer(data, dtype=np.uint8).ctypes.data
+    start = base + (-base % page) + page + 100  # 100 bytes past a page boundary, inside data
+    length = 3 * page
+    release_pages(start, length)
+    offset = start - base
+    first_whole = offset + (-start % page)
+    end_whole = (start + length) // page * page - base
+    view = memoryview(data)
+    assert view[:first_whole] == b"\xa5" * first_whole  # shared page at the start kept
+    assert view[first_whole:end_whole] == bytes(end_whole - first_whole)
+    assert view[end_whole:] == b"\xa5" * (len(data) - end_whole)  # and at the end
 
 
 def test_wipe_zeroes_a_bytearray() -> None:

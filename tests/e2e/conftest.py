@@ -305,31 +305,3 @@ def canary_forms(secret: bytes) -> list[bytes]:
         base64.b64encode(secret),
         base64.urlsafe_b64encode(secret).rstrip(b"="),
     ]
-
-
-def files_under(root: Path, since: float | None = None) -> list[Path]:
-    found = []
-    for directory, _dirs, names in os.walk(root):
-        for name in names:
-            path = Path(directory) / name
-            try:
-                st = path.lstat()
-            except OSError:
-                continue
-            if not path.is_file() or path.is_symlink() or st.st_size > 256 << 20:
-                continue
-            if since is not None and st.st_mtime < since:
-                continue
-            found.append(path)
-    return found
-
-
-def holders(paths: list[Path], needles: list[bytes]) -> list[str]:
-    hits = []
-    for path in paths:
-        try:
-            data = path.read_bytes()
-        except OSError:
-            continue
-        hits += [f"{path}: {needle[:8]!r}" for needle in needles if needle in data]
-    return hits

@@ -11,7 +11,9 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -29,6 +31,7 @@ from modelseal.errors import (
 )
 from modelseal.keys import IssuerPrivateKey, SignatureAlgorithm, key_to_jwk
 from modelseal.server.generators import GenerationRequest, deterministic_test_generator
+from tests.canary import files_under, holders
 
 from .conftest import (
     CANARY,
@@ -36,15 +39,27 @@ from .conftest import (
     ServerProcess,
     canary_forms,
     enrolled,
-    files_under,
-    holders,
     reopen,
 )
+
+E2E_SCAN_BYTES = 256 << 20  # the canary hunt reads files up to this size
 
 
 def expected_m1(subject: str) -> bytes:
     request = GenerationRequest(subject, "m1", "any", "any", {"size_bytes": M1_BYTES})
     return bytes(deterministic_test_generator(request))
+
+
+def ready_job(http: httpx.Client, device_id: str, model_id: str = "m1") -> dict[str, Any]:
+    """Request ``model_id`` for ``device_id``; poll its job until ready (10 s at most)."""
+    request = {"model_id": model_id, "device_id": device_id}
+    job_id = http.post("/v1/imls", json=request).json()["job_id"]
+    for _ in range(500):
+        job: dict[str, Any] = http.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] == "ready":
+            break
+        time.sleep(0.02)
+    return job
 
 
 def plaintext_of(client: DeviceClient, model_id: str) -> bytes:
@@ -116,14 +131,7 @@ def test_a_link_for_one_device_is_refused_to_the_other_device_of_the_same_user(
     phone = enrolled(server, tmp_path / "phone", token)
     tablet = enrolled(server, tmp_path / "tablet", token)
     with server.http(token) as http:
-        job_id = http.post(
-            "/v1/imls", json={"model_id": "m1", "device_id": phone.enrollment.device_id}
-        ).json()["job_id"]
-        for _ in range(500):
-            job = http.get(f"/v1/jobs/{job_id}").json()
-            if job["status"] == "ready":
-                break
-            time.sleep(0.02)
+        job = ready_job(http, phone.enrollment.device_id)
     headers = {"X-Modelseal-Device": tablet.enrollment.device_id}
     with (
         Transport(TransportSettings(server.url), token=token) as transport,
@@ -187,14 +195,7 @@ def test_a_device_revoked_after_its_package_was_ready_cannot_download_it(
     client.fetch("m1")
     stolen = (root / "models" / "m1.mseal").read_bytes()
     with server.http(token) as http:
-        job_id = http.post(
-            "/v1/imls", json={"model_id": "m1", "device_id": client.enrollment.device_id}
-        ).json()["job_id"]
-        for _ in range(500):
-            if http.get(f"/v1/jobs/{job_id}").json()["status"] == "ready":
-                break
-            time.sleep(0.02)
-        link = http.get(f"/v1/jobs/{job_id}").json()["download_url"]
+        link = ready_job(http, client.enrollment.device_id)["download_url"]
         assert http.delete(f"/v1/devices/{client.enrollment.device_id}").status_code == 200
     with (
         Transport(TransportSettings(server.url), token=token) as transport,
@@ -271,14 +272,7 @@ def test_a_package_for_another_device_is_refused_by_audience(
     phone = enrolled(server, tmp_path / "phone", token)
     tablet = enrolled(server, tmp_path / "tablet", token)
     with server.http(token) as http:
-        job_id = http.post(
-            "/v1/imls", json={"model_id": "m1", "device_id": phone.enrollment.device_id}
-        ).json()["job_id"]
-        for _ in range(500):
-            job = http.get(f"/v1/jobs/{job_id}").json()
-            if job["status"] == "ready":
-                break
-            time.sleep(0.02)
+        job = ready_job(http, phone.enrollment.device_id)
         package = http.get(
             job["download_url"], headers={"X-Modelseal-Device": phone.enrollment.device_id}
         ).content
@@ -304,7 +298,8 @@ def test_no_plaintext_model_ever_reaches_the_device_disk(
     planted.write_bytes(b"x" + CANARY.hex().encode() + b"y")
     assert holders([planted], needles) == [f"{planted}: {CANARY.hex().encode()[:8]!r}"]
     planted.unlink()
-    on_disk = files_under(root) + files_under(Path(tempfile.gettempdir()), since=started)
+    on_disk = files_under(root, max_bytes=E2E_SCAN_BYTES)
+    on_disk += files_under(Path(tempfile.gettempdir()), since=started, max_bytes=E2E_SCAN_BYTES)
     assert any(p.name == "canary.mseal" for p in on_disk)
     assert holders(on_disk, needles) == []
     assert result.acknowledged

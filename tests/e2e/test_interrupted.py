@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 from modelseal.client.errors import TransportError
 from modelseal.errors import ChunkTagError
 from modelseal.server.generators import GenerationRequest, deterministic_test_generator
+from tests.terminal import run_on_a_terminal
 
 from .conftest import (
     BIG_BYTES,
@@ -150,25 +150,6 @@ def test_a_pending_job_survives_a_restart_of_the_client(
     assert result.acknowledged
 
 
-def run_on_a_terminal(command: list[str], env: dict[str, str]) -> tuple[int, bytes]:
-    """Run ``command`` with stderr on a pseudo-terminal; return its exit code and what it drew."""
-    controller, terminal = pty.openpty()
-    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=terminal, env=env) as process:
-        os.close(terminal)
-        seen = bytearray()
-        while True:
-            try:
-                block = os.read(controller, 65536)
-            except OSError:  # EIO once the child has closed the terminal
-                break
-            if not block:
-                break
-            seen += block
-        code = process.wait(timeout=180)
-    os.close(controller)
-    return code, bytes(seen)
-
-
 def test_fetch_draws_a_progress_bar_on_a_terminal(server: ServerProcess, tmp_path: Path) -> None:
     env = {**server_env(), "MODELSEAL_KEYSTORE_PASSPHRASE": PASSPHRASE, "COLUMNS": "120"}
     root = tmp_path / "phone"
@@ -176,7 +157,7 @@ def test_fetch_draws_a_progress_bar_on_a_terminal(server: ServerProcess, tmp_pat
         enrolled(server, root, url=proxy.url)
         proxy.throttle_seconds = 0.01
         command = [sys.executable, str(CLI_ENTRY), "device", "fetch", "-m", "big", "--dir"]
-        code, drawn = run_on_a_terminal([*command, str(root)], env)
+        code, drawn = run_on_a_terminal([*command, str(root)], env=env, timeout=180)
     assert code == 0, drawn
     assert b"downloading" in drawn
     assert b"MiB" in drawn  # rich's download column, in binary units

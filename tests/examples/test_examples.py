@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,11 @@ from modelseal.server.db.examples_models import UserExamples
 from modelseal.server.db.models import User
 from modelseal.server.errors import ConfigurationError
 from modelseal.server.generators import GenerationRequest
+from modelseal.server.services import examples as examples_module
+from modelseal.server.settings import ExamplesSettings
+from tests.canary import files_under, holders
+from tests.pg import fresh_database
 from tests.server.conftest import Harness, start
-from tests.server.test_canary import files_under, holders
 
 REFERENCE_MODEL = {
     "id": "digits",
@@ -106,6 +110,11 @@ def _row(width: int = 64, value: Any = 0.5) -> list[Any]:
         ([_row(), _row()], [1], "examples_invalid", r"y must be a list of 2 labels"),
         ([], [], "examples_invalid", "at least one example"),
         ([_row()] * 201, [1] * 201, "examples_limit_exceeded", "at most 200"),
+        # An integer beyond float64's range once escaped the checks as an OverflowError (500).
+        ([[0.5, 10**400, *_row(62)]], [1], "examples_invalid", r"x\[0\]\[1\] must be a finite"),
+        ([[0.5, 2, *_row(62)]], [1], "examples_invalid", r"x\[0\]\[1\] must be a finite"),
+        # A huge label is named, not echoed back digit by digit.
+        ([_row()], [10**400], "examples_invalid", r"y\[0\] .*got an integer of 1329 bits$"),
     ],
 )
 def test_bad_uploads_are_refused_with_a_stable_code_naming_the_field(
@@ -311,19 +320,8 @@ def test_an_issued_iml_is_personalised_from_the_uploads(server: Harness) -> None
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database, dropped afterwards."""
-    import secrets
-
-    import psycopg
-
-    admin_dsn = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-    name = "ms_examples_" + secrets.token_hex(6)
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("ms_examples") as url:
+        yield url
 
 
 def test_uploads_limits_expiry_and_deletion_work_on_postgresql(
@@ -347,3 +345,40 @@ def test_uploads_limits_expiry_and_deletion_work_on_postgresql(
         assert harness.services.sweep.run_once().examples == 1
         with harness.services.sessions() as session:
             assert session.scalars(select(UserExamples)).all() == []
+
+
+def test_processes_starting_together_agree_on_one_examples_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key file is never seen created but empty (it once was, between open and write)."""
+    first_call, release = threading.Event(), threading.Event()
+    real_token_bytes = examples_module.secrets.token_bytes
+    calls: list[int] = []
+
+    def slow_first_key(n: int) -> bytes:
+        calls.append(n)
+        if len(calls) == 1:  # the first server pauses while it makes its key
+            first_call.set()
+            release.wait(10)
+        return real_token_bytes(n)
+
+    monkeypatch.setattr(examples_module.secrets, "token_bytes", slow_first_key)
+    settings = ExamplesSettings()
+    results: list[bytes | BaseException] = []
+
+    def first_server() -> None:
+        try:
+            results.append(examples_module.examples_key(settings, tmp_path))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            results.append(exc)
+
+    thread = threading.Thread(target=first_server)
+    thread.start()
+    try:
+        assert first_call.wait(10)
+        second = examples_module.examples_key(settings, tmp_path)
+    finally:
+        release.set()
+        thread.join(10)
+    assert results == [second]
+    assert (tmp_path / examples_module.KEY_FILE_NAME).stat().st_mode & 0o777 == 0o600

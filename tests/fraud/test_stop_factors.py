@@ -125,3 +125,42 @@ def test_legacy_access_error_link_invalid_counts_as_tampering() -> None:
     result = assess(events, RULES, NOW)
     assert result.verdict is Verdict.MALICIOUS
     assert "link_tampering_repeated" in [f.rule_id for f in result.fired]
+
+
+def _linked(blocked: list[int], *, new_account: bool) -> list:  # type: ignore[type-arg]
+    return [
+        ev(
+            "linked_account_blocked",
+            NOW - 60,
+            device_id=None,
+            linked_user=other,
+            network="203.0.113.0/24",
+            new_account=new_account,
+        )
+        for other in blocked
+    ]
+
+
+@pytest.mark.parametrize("count", [1, 2, 5, 19])
+def test_network_linkage_of_an_established_account_never_blocks(count: int) -> None:
+    # Honest neighbours behind one NAT: however many blocked accounts shared the network,
+    # linkage alone limits (suspicious) and never blocks.
+    result = assess(_linked(list(range(100, 100 + count)), new_account=False), RULES, NOW)
+    assert result.verdict is Verdict.SUSPICIOUS
+    assert not result.stop_factors
+
+
+def test_linkage_and_an_own_signal_together_block() -> None:
+    # Corroboration: the account's own evidence on top of two blocked neighbours.
+    events = [*_linked([100, 101], new_account=False), ev("same_key_other_device", NOW - 60)]
+    assert assess(events, RULES, NOW).verdict is Verdict.MALICIOUS
+
+
+@pytest.mark.parametrize(("count", "verdict"), [(1, Verdict.SUSPICIOUS), (2, Verdict.MALICIOUS)])
+def test_a_fresh_account_on_a_network_of_two_blocked_accounts_is_blocked(
+    count: int, verdict: Verdict
+) -> None:
+    result = assess(_linked(list(range(100, 100 + count)), new_account=True), RULES, NOW)
+    assert result.verdict is verdict
+    fired = {f.rule_id for f in result.stop_factors}
+    assert ("fresh_account_on_farm_network" in fired) is (verdict is Verdict.MALICIOUS)

@@ -15,12 +15,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import update
-from typer.testing import CliRunner
 
 from modelseal.audit.note import parse_verifier_key
 from modelseal.keys import IssuerPrivateKey, SignatureAlgorithm, key_to_jwk
 from modelseal.keys.jwk import save_key
-from modelseal.server.cli import admin_app
 from modelseal.server.container import build_services
 from modelseal.server.db.key_models import ManagedKey
 from modelseal.server.errors import ConfigurationError
@@ -33,7 +31,8 @@ from modelseal.server.keyservice import (
     KeyUnsupportedError,
 )
 from modelseal.server.logging import configure_logging
-from tests.server.conftest import TEST_GENERATOR, Harness, make_settings, start
+from tests.server.admin_helpers import admin, write_admin_config
+from tests.server.conftest import Harness, make_settings, start
 
 ACTOR = "test-operator"
 ISSUER = KeyPurpose.ISSUER
@@ -277,23 +276,10 @@ def test_a_keyring_made_before_the_key_service_is_imported_once(
 
 # --- the admin CLI -----------------------------------------------------------------------
 
-runner = CliRunner()
-
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    path = tmp_path / "server.toml"
-    path.write_text(
-        f'data_dir = "{tmp_path / "data"}"\nsweep_interval_seconds = 0\n'
-        "[auth]\nargon2_time_cost = 1\nargon2_memory_kib = 1024\nargon2_parallelism = 1\n"
-        f'[[models]]\nid = "m1"\ngenerator = "{TEST_GENERATOR}"\n'
-    )
-    return path
-
-
-def admin(config: Path, *args: str) -> tuple[int, str, str]:
-    result = runner.invoke(admin_app, ["--config", str(config), *args])
-    return result.exit_code, result.stdout, result.stderr
+    return write_admin_config(tmp_path)
 
 
 def test_the_admin_cli_runs_the_whole_lifecycle(config: Path) -> None:
@@ -330,7 +316,7 @@ def test_the_admin_cli_runs_the_whole_lifecycle(config: Path) -> None:
     services = build_services(make_settings(config.parent / "data"))
     try:
         actors = {e.actor for e in services.audit.entries() if e.action.startswith("key.")}
-        assert any(actor.startswith("admin-cli") for actor in actors)
+        assert any(actor.startswith("admin:") for actor in actors)
         document = services.keyring.jwks()
         assert [k["kid"] for k in document["keys"]] == [new]
         assert document["revoked"] == [old]

@@ -2,38 +2,28 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from modelseal.server.container import Services, build_services
 from modelseal.server.keyservice import KeyPurpose, KeyState, KeyStateError
+from tests.pg import fresh_database
 from tests.server.conftest import make_settings
 
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 ISSUER = KeyPurpose.ISSUER
 
 
 @pytest.fixture
 def pg_services(tmp_path: Path) -> Iterator[Services]:
-    name = "ms_keys_" + secrets.token_hex(6)
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    services = build_services(
-        make_settings(
-            tmp_path / "data", database_url=f"postgresql+psycopg://postgres@127.0.0.1/{name}"
-        )
-    )
-    try:
-        yield services
-    finally:
-        services.close()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    with fresh_database("ms_keys") as url:
+        services = build_services(make_settings(tmp_path / "data", database_url=url))
+        try:
+            yield services
+        finally:
+            services.close()
 
 
 def test_concurrent_activations_leave_exactly_one_active_key(pg_services: Services) -> None:

@@ -32,6 +32,7 @@ from modelseal.models.bundle import (
 )
 from modelseal.models.bundle_stream import BundleStream
 from modelseal.models.errors import BundleError
+from modelseal.models.safetensors_adapter import parse_header
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
@@ -98,6 +99,21 @@ def test_a_streamed_bundle_is_byte_for_byte_the_in_memory_bundle(tmp_path: Path)
     assert got == expected
 
 
+def test_a_file_that_changes_after_it_was_hashed_is_not_sealed(tmp_path: Path) -> None:
+    path, _ = _small(tmp_path)
+    kek = KEK.generate("models")
+    stream = BundleStream.from_files(FIELDS, [("model.safetensors", path)])
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # same length, other bytes: only a second hash can tell
+    path.write_bytes(data)
+    with (
+        stream,
+        open(tmp_path / "model.mseal", "wb") as dst,
+        pytest.raises(BundleError, match="changed since it was hashed"),
+    ):
+        seal_stream(stream, dst, AtRest(kek), length=stream.length, ctype=BUNDLE_MEDIA_TYPE)
+
+
 def test_a_sealed_safetensors_bundle_is_read_lazily_and_verified(tmp_path: Path) -> None:
     path, tensors = _small(tmp_path)
     kek = KEK.generate("models")
@@ -139,6 +155,41 @@ def test_a_tampered_tensor_chunk_is_refused(tmp_path: Path) -> None:
         last = max(model.tensors(), key=lambda info: model._locate(info.name).end).name
         with pytest.raises(ChunkTagError):
             model.read(last)
+
+
+def test_swapping_the_chunks_of_two_same_shape_tensors_is_refused(tmp_path: Path) -> None:
+    """Lazy reads skip the bundle's whole-file hash: chunk authentication must catch a swap."""
+    chunk = 16384  # FORMAT.md section 8: plaintext bytes per chunk, sealed with a 16-byte tag
+    width = 3 * chunk // 4  # each tensor spans three chunks, so it wholly holds one
+    tensors = {name: np.full((width,), i + 1, dtype=np.float32) for i, name in enumerate("ab")}
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path))
+    plain = path.read_bytes()
+    _, where = parse_header(lambda start, stop: plain[start:stop], len(plain))
+    bundle = build_bundle(FIELDS, [("model.safetensors", plain)])
+    base = parse_bundle(bundle).manifest.entry.offset
+    ia, ib = (-(-(base + where[name].begin) // chunk) for name in "ab")
+    assert (ia + 1) * chunk <= base + where["a"].end  # chunk ia lies wholly inside "a"
+    assert (ib + 1) * chunk <= base + where["b"].end  # chunk ib inside "b", not the final one
+    kek = KEK.generate("models")
+    data = bytearray(seal_bytes(bundle, AtRest(kek), ctype=BUNDLE_MEDIA_TYPE))
+    body_start = len(data) - (56 + len(bundle) + 16 * (len(bundle) // chunk + 1))
+    size = chunk + 16
+    at_a, at_b = (body_start + 56 + i * size for i in (ia, ib))
+    sealed = tmp_path / "model.mseal"
+    sealed.write_bytes(bytes(data))
+    with SealedSafetensors.open(sealed, kek, OpenPolicy()) as model:  # unswapped: reads fine
+        np.testing.assert_array_equal(model.read("b"), tensors["b"])
+    data[at_a : at_a + size], data[at_b : at_b + size] = (
+        data[at_b : at_b + size],
+        data[at_a : at_a + size],
+    )
+    sealed.write_bytes(bytes(data))
+    with SealedSafetensors.open(sealed, kek, OpenPolicy()) as model:
+        with pytest.raises(ChunkTagError):
+            model.read("a")
+        with pytest.raises(ChunkTagError):
+            model.read("b")
 
 
 def test_other_content_is_not_opened_as_safetensors(tmp_path: Path) -> None:

@@ -356,3 +356,22 @@ def test_a_non_boolean_sealed_weights_option_is_refused() -> None:
     request = GenerationRequest(USER_A, "digits", "phone", "jti", {"sealed_weights": "yes"})
     with pytest.raises(UsageError, match="sealed_weights must be a boolean"):
         reference.generate_iml(request)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"offset\x12\x010", b"offset\x12\x011"),  # starts inside the file, ends past it
+        (b"location\x12\tw0001.bin", b"location\x12\tw9999.bin"),  # names no bundle file
+    ],
+)
+def test_a_reference_outside_its_own_file_is_refused(mixed: bytes, old: bytes, new: bytes) -> None:
+    bundle = parse_bundle(build_sealed_weights_bundle(FIELDS, mixed))
+    graph = bundle.files[GRAPH_FILE_NAME]
+    assert graph.count(old) >= 1
+    files = [(GRAPH_FILE_NAME, graph.replace(old, new, 1))] + [
+        (f.name, bundle.files[f.name]) for f in bundle.manifest.files[1:]
+    ]
+    rebuilt = parse_bundle(build_bundle(bundle.manifest.fields, files))
+    with pytest.raises(BundleError, match=r"must cover all|not a weight file"):
+        external_tensors(rebuilt.files[GRAPH_FILE_NAME], rebuilt.manifest)

@@ -4,44 +4,16 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import secrets
 import tempfile
 import time
 from pathlib import Path
 
+from tests.canary import files_under, holders
+
 from .conftest import start
 
 CANARY_GENERATOR = "modelseal.server.generators:canary_generator"
-MAX_SCAN_BYTES = 64 << 20
-
-
-def files_under(root: Path, since: float | None = None) -> list[Path]:
-    found = []
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            path = Path(dirpath) / name
-            try:
-                st = path.lstat()
-            except OSError:
-                continue
-            if not path.is_file() or path.is_symlink() or st.st_size > MAX_SCAN_BYTES:
-                continue
-            if since is not None and st.st_mtime < since:
-                continue
-            found.append(path)
-    return found
-
-
-def holders(paths: list[Path], needles: list[bytes]) -> list[str]:
-    hits = []
-    for path in paths:
-        try:
-            data = path.read_bytes()
-        except OSError:
-            continue
-        hits += [f"{path}: {needle[:8]!r}" for needle in needles if needle in data]
-    return hits
 
 
 def test_plaintext_and_secrets_leave_no_trace_on_disk_or_in_logs(

@@ -5,29 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from modelseal.server.cli import admin_app
-
-from .conftest import TEST_GENERATOR
-
-runner = CliRunner()
+from .admin_helpers import admin, write_admin_config
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    path = tmp_path / "server.toml"
-    path.write_text(
-        f'data_dir = "{tmp_path / "data"}"\nsweep_interval_seconds = 0\n'
-        "[auth]\nargon2_time_cost = 1\nargon2_memory_kib = 1024\nargon2_parallelism = 1\n"
-        f'[[models]]\nid = "m1"\ngenerator = "{TEST_GENERATOR}"\n'
-    )
-    return path
-
-
-def admin(config: Path, *args: str) -> tuple[int, str, str]:
-    result = runner.invoke(admin_app, ["--config", str(config), *args])
-    return result.exit_code, result.stdout, result.stderr
+    return write_admin_config(tmp_path)
 
 
 def test_users_and_tokens_are_managed_from_the_command_line(config: Path) -> None:

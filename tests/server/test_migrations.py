@@ -7,7 +7,6 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -18,10 +17,10 @@ from modelseal.server.db.migrate import current_revision, head_revision, is_at_h
 from modelseal.server.db.models import Base
 from modelseal.server.db.session import make_engine
 from modelseal.server.errors import SchemaOutdatedError
+from tests.pg import fresh_database
 
 from .conftest import make_settings, start
 
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 TABLES = {
     "users",
     "api_tokens",
@@ -75,14 +74,8 @@ def test_migrations_upgrade_an_empty_sqlite_database(tmp_path: Path) -> None:
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    name = "ms_test_" + secrets.token_hex(6)
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("ms_test") as url:
+        yield url
 
 
 def test_migrations_upgrade_an_empty_postgresql_database(pg_url: str) -> None:

@@ -4,8 +4,10 @@
   dev link key per data directory);
 * restarting one process does not fail the job another process is running;
 * the jobs of a process that died are failed (``interrupted``) at the next start;
-* ``modelseal server --workers 2`` runs two registered worker processes on one port;
-* the runner registry's liveness rules, in process.
+* ``modelseal server --workers 2`` runs two registered worker processes on one port, and
+  replaces one that dies (its job fails as ``interrupted``);
+* the runner registry's liveness rules, in process;
+* SQLite transactions: reads do not wait for writers and cannot write; writers queue.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,13 +25,15 @@ from typing import IO, Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import OperationalError
 
 from modelseal.envelope import OpenPolicy, open_bytes
 from modelseal.keys import KEM, RecipientPrivateKey, key_to_jwk, parse_jwks
 from modelseal.server.container import Services, build_services
 from modelseal.server.db.models import Job
 from modelseal.server.db.runner_models import JobRunnerRow
+from modelseal.server.db.session import SessionFactory, make_engine, make_session_factory, reading
 from modelseal.server.generators import GenerationRequest, deterministic_test_generator
 from modelseal.server.jobs.registry import RunnerRegistry
 from modelseal.server.services.accounts import Principal
@@ -58,7 +63,7 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    """One ``modelseal server`` process (or uvicorn supervisor) on a free loopback port."""
+    """One ``modelseal server`` process (or the parent of its workers) on a free loopback port."""
 
     def __init__(self, config: Path, log_path: Path, *extra: str) -> None:
         self.config = config
@@ -287,9 +292,27 @@ def test_workers_option_runs_registered_processes_on_one_port(
             job = _wait(server.base, token, job_id, {"ready", "failed"})
             assert job["status"] == "ready", job
             assert _download_and_open(server.base, token, job, key) == 70000
+        # Each worker has its own SO_REUSEPORT socket: new connections spread over both
+        # (16 requests all on one worker: probability 2^-15).
+        for _ in range(10):
+            _request(server.base, token, "m1")
         with services.sessions() as session:
             owners = set(session.scalars(select(Job.runner_id)))
-        assert owners <= {row.id for row in _runners(services)}
+        assert owners == {row.id for row in _runners(services)}
+        # A worker dies with a job in progress (the gate file does not exist): the parent
+        # starts a new one, and the job is failed rather than left running for ever.
+        doomed = _request(server.base, token, "gated")
+        assert _wait(server.base, token, doomed, {"running", "failed"})["status"] == "running"
+        with services.sessions() as session:
+            owner = session.get(Job, doomed).runner_id  # type: ignore[union-attr]
+        victim = next(row for row in _runners(services) if row.id == owner)
+        os.kill(victim.pid, signal.SIGKILL)
+        job = _wait(server.base, token, doomed, {"ready", "failed"})
+        assert (job["status"], job["error_code"]) == ("failed", "interrupted"), job
+        deadline = time.monotonic() + 60
+        while len({row.pid for row in _runners(services)} - {victim.pid}) < 2:
+            assert time.monotonic() < deadline, "no worker replaced the dead one"
+            time.sleep(0.1)
         assert server.stop() == 0
         assert _runners(services) == []  # a clean stop deregisters every worker
     finally:
@@ -397,3 +420,76 @@ def _foreign_row(
             )
         )
     return runner_id
+
+
+# --- SQLite transactions (db/session.py) -------------------------------------------------
+
+
+def _counter_engine(tmp_path: Path) -> tuple[Engine, SessionFactory]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'counter.db'}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER)")
+        connection.exec_driver_sql("INSERT INTO counter VALUES (1, 0)")
+    return engine, make_session_factory(engine)
+
+
+def test_reads_neither_wait_for_nor_see_an_open_write(tmp_path: Path) -> None:
+    engine, sessions = _counter_engine(tmp_path)
+    writing, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with sessions.begin() as session:
+            session.execute(text("UPDATE counter SET n = 1"))
+            writing.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert writing.wait(10)
+        started = time.monotonic()
+        with reading(sessions) as session:
+            assert session.execute(text("SELECT n FROM counter")).scalar_one() == 0
+        assert time.monotonic() - started < 1.0  # a write transaction would wait 30 s
+    finally:
+        release.set()
+        thread.join()
+    with reading(sessions) as session:
+        assert session.execute(text("SELECT n FROM counter")).scalar_one() == 1
+    engine.dispose()
+
+
+def test_a_reading_session_cannot_write(tmp_path: Path) -> None:
+    engine, sessions = _counter_engine(tmp_path)
+    with reading(sessions) as session, pytest.raises(OperationalError, match="readonly"):
+        session.execute(text("UPDATE counter SET n = 5"))
+    # The pooled connection is writable again for the next (write) transaction.
+    with sessions.begin() as session:
+        session.execute(text("UPDATE counter SET n = 6"))
+    with reading(sessions) as session:
+        assert session.execute(text("SELECT n FROM counter")).scalar_one() == 6
+    engine.dispose()
+
+
+def test_concurrent_writers_lose_no_update(tmp_path: Path) -> None:
+    engine, sessions = _counter_engine(tmp_path)
+    errors: list[BaseException] = []
+
+    def increment() -> None:
+        try:
+            for _ in range(10):
+                with sessions.begin() as session:
+                    n = session.execute(text("SELECT n FROM counter")).scalar_one()
+                    session.execute(text("UPDATE counter SET n = :n"), {"n": n + 1})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=increment) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with reading(sessions) as session:
+        assert session.execute(text("SELECT n FROM counter")).scalar_one() == 160
+    engine.dispose()

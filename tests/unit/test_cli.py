@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import pty
 import re
 import stat
 import subprocess
@@ -63,6 +61,7 @@ from modelseal.keys import (
     SignatureAlgorithm,
     load_key,
 )
+from tests.terminal import run_on_a_terminal
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(sys.executable).parent / "modelseal"
@@ -1062,30 +1061,11 @@ def _seal_on_a_terminal(tmp_path: Path, *extra: str) -> tuple[int, bytes]:
         generate_and_save(tmp_path / "device", kem=KEM.X25519)
         generate_and_save(tmp_path / "issuer", issuer_alg=SignatureAlgorithm.ED25519)
     out = tmp_path / f"big{len(extra)}.mseal"
-    controller, terminal = pty.openpty()
     command = [
         str(SCRIPT), "seal", "big.bin", str(out), "--to", "device.pub.jwk", "--issuer-key",
         "issuer.jwk", "--sub", "u", "--aud", "d", "--mid", "m", "--ttl", "60", *extra,
     ]  # fmt: skip
-    with subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=terminal,
-    ) as process:
-        os.close(terminal)
-        seen = bytearray()
-        while True:
-            try:
-                block = os.read(controller, 65536)
-            except OSError:  # EIO once the child has closed the terminal
-                break
-            if not block:
-                break
-            seen += block
-        code = process.wait(timeout=120)
-    os.close(controller)
-    return code, bytes(seen)
+    return run_on_a_terminal(command, cwd=tmp_path, timeout=120)
 
 
 def test_progress_bar_appears_on_a_terminal_for_large_inputs_but_not_with_json(

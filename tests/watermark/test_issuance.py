@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +20,21 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from safetensors.numpy import save as save_safetensors
-from sqlalchemy import inspect, select
+from sqlalchemy import insert, inspect, select
 
 from modelseal.errors import UsageError
 from modelseal.models import binding as binding_lib
 from modelseal.models import digits, reference
 from modelseal.models import watermark as wm
 from modelseal.models.bundle import parse_bundle
+from modelseal.server.db.models import Device as DeviceRow
+from modelseal.server.db.models import Issuance
 from modelseal.server.db.watermark_models import WatermarkRecord
 from modelseal.server.errors import ConfigurationError
 from modelseal.server.logging import configure_logging
+from modelseal.server.services import watermarking as watermarking_module
 from modelseal.server.services.watermarking import (
+    CONFIRM_CANDIDATES,
     SCHEME,
     TraceReport,
     WatermarkingService,
@@ -350,6 +355,42 @@ def test_a_stored_secret_readable_by_others_is_refused(tmp_path: Path) -> None:
         load_server_secret(settings, "watermark_secret")
 
 
+def test_dev_servers_starting_together_agree_on_one_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A secret file is never seen created but empty (it once was, between open and write)."""
+    settings = load_settings(data_dir=tmp_path)
+    first_call, release = threading.Event(), threading.Event()
+    real_token = watermarking_module.secrets.token_urlsafe
+    calls: list[int | None] = []
+
+    def slow_first_secret(n: int | None = None) -> str:
+        calls.append(n)
+        if len(calls) == 1:  # the first server pauses while it makes its secret
+            first_call.set()
+            release.wait(10)
+        return real_token(n)
+
+    monkeypatch.setattr(watermarking_module.secrets, "token_urlsafe", slow_first_secret)
+    results: list[bytes | Exception] = []
+
+    def first_server() -> None:
+        try:
+            results.append(load_server_secret(settings, "watermark_secret"))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            results.append(exc)
+
+    thread = threading.Thread(target=first_server)
+    thread.start()
+    try:
+        assert first_call.wait(10)
+        second = load_server_secret(settings, "watermark_secret")
+    finally:
+        release.set()
+        thread.join(10)
+    assert results == [second]
+
+
 def test_policy_shorthand_and_section_forms() -> None:
     settings = load_settings(
         models=[
@@ -392,3 +433,64 @@ def test_marked_issuance_keeps_the_users_accuracy_and_logits(world: World) -> No
         logits = run_onnx(marked, x) - run_onnx(plain, x)
         assert float(np.max(np.abs(logits))) < 1.0
     assert abs(float(np.mean(differences))) <= 0.01, differences
+
+
+def test_the_family_wise_p_value_counts_every_bound_candidate_in_the_confirmation_pass(
+    world: World,
+) -> None:
+    """Bonferroni over the unbound pass must count every bound candidate, not the 16 confirmed.
+
+    The shortlist is picked by aligned scores under the same keys, so the 16 it holds are
+    not 16 independent draws: the union bound is over every candidate that could reach it.
+    """
+    sessions = world.server.services.sessions
+    bound = CONFIRM_CANDIDATES + 8
+    with sessions.begin() as session:
+        device = session.scalars(select(DeviceRow)).first()
+        assert device is not None
+        jtis = [f"count-{i:04d}" for i in range(bound)]
+        session.execute(
+            insert(Issuance),
+            [
+                {
+                    "jti": jti,
+                    "user_id": device.user_id,
+                    "device_pk": device.id,
+                    "model_id": "count",
+                    "package_id": jti,
+                    "issuer_kid": "test",
+                    "blob_key": jti,
+                    "size": 0,
+                    "created_at": 1,
+                    "expires_at": 2,
+                    "blob_expires_at": 3,
+                }
+                for jti in jtis
+            ],
+        )
+        session.execute(
+            insert(WatermarkRecord),
+            [
+                {
+                    "jti": jti,
+                    "model_id": "count",
+                    "user_subject": "u_count",
+                    "device_id": device.device_id,
+                    "issued_at": 1,
+                    "scheme": SCHEME,
+                    "tensors": ["fc1.weight"],
+                    "strength": 0.06,
+                    "density": 64,
+                    "binding": binding_lib.BINDING_TYPE,
+                    "binding_layer": "fc1.weight",
+                }
+                for jti in jtis
+            ],
+        )
+    report = _trace(world, reference.base_onnx(), "count")
+    assert report.candidates == bound
+    assert report.scores == 3 * bound  # blind, aligned and unbound: each counts every one
+    assert {m.method for m in report.matches} <= {"blind", "aligned", "unbound"}
+    best = report.matches[0]
+    assert best.family_p_value == min(1.0, 3 * bound * wm.p_value(best.z))
+    assert not report.found

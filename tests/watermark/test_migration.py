@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from alembic import command
 from sqlalchemy import Engine, inspect
@@ -14,8 +12,7 @@ from sqlalchemy import Engine, inspect
 from modelseal.server.db.migrate import alembic_config, upgrade
 from modelseal.server.db.session import make_engine
 from modelseal.server.db.watermark_models import WatermarkRecord
-
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+from tests.pg import fresh_database
 
 
 def _downgrade(engine: Engine, revision: str) -> None:
@@ -50,14 +47,8 @@ def test_migration_0007_on_sqlite(tmp_path: Path) -> None:
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    name = "ms_wm_" + secrets.token_hex(6)
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("ms_wm") as url:
+        yield url
 
 
 def test_migration_0007_on_postgresql(pg_url: str) -> None:

@@ -8,8 +8,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from modelseal.server.container import Services
-from modelseal.server.errors import AuthenticationError
-from modelseal.server.services.accounts import Principal
+from modelseal.server.errors import AuthenticationError, RateLimitedError
+from modelseal.server.services.accounts import Principal, TokenAuthenticator
 
 __all__ = [
     "API_VERSION_HEADER",
@@ -53,16 +53,49 @@ def _authenticate(
     request: Request, services: Services, credentials: HTTPAuthorizationCredentials | None
 ) -> Principal:
     ip = client_address(request)
-    # An address past its failed-authentication limit is refused before any check.
-    services.abuse.auth_refused(ip)
+    # An address past its failed-authentication limit is refused before any Argon2id
+    # check, except for a token this process verified recently: an honest client behind
+    # the same NAT as a credential stuffer keeps working.
+    try:
+        services.abuse.auth_refused(ip)
+    except RateLimitedError:
+        recent = (
+            services.authenticator.authenticate_recent(credentials.credentials)
+            if isinstance(services.authenticator, TokenAuthenticator)
+            and credentials is not None
+            and credentials.scheme.lower() == "bearer"
+            else None
+        )
+        if recent is None:
+            raise
+        return recent
     try:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise AuthenticationError("authentication required")
         return services.authenticator.authenticate(credentials.credentials)
-    except AuthenticationError:
+    except AuthenticationError as exc:
         services.metrics.access_errors_total.labels(reason=AuthenticationError.code).inc()
-        services.abuse.auth_failed(ip)
+        services.abuse.auth_failed(ip, user_id=exc.user_id)
         raise
+
+
+def _admitted(
+    request: Request,
+    services: Services,
+    credentials: HTTPAuthorizationCredentials | None,
+    *,
+    allow_blocked: bool,
+) -> Principal:
+    """Authenticate the caller, then let the abuse policy admit (or refuse) the request."""
+    principal = _authenticate(request, services, credentials)
+    services.abuse.admit(
+        principal,
+        device_id=_device_of(request),
+        ip=client_address(request),
+        api_version=request.headers.get(API_VERSION_HEADER),
+        allow_blocked=allow_blocked,
+    )
+    return principal
 
 
 def get_principal(
@@ -79,14 +112,7 @@ def get_principal(
         AccountBlockedError: The caller's fraud verdict is ``malicious``.
         ApiVersionError: ``X-Modelseal-Api-Version`` names a refused version.
     """
-    principal = _authenticate(request, services, credentials)
-    services.abuse.admit(
-        principal,
-        device_id=_device_of(request),
-        ip=client_address(request),
-        api_version=request.headers.get(API_VERSION_HEADER),
-    )
-    return principal
+    return _admitted(request, services, credentials, allow_blocked=False)
 
 
 def get_reporting_principal(
@@ -101,15 +127,7 @@ def get_reporting_principal(
         RateLimitedError: A rate limit refused the request.
         ApiVersionError: ``X-Modelseal-Api-Version`` names a refused version.
     """
-    principal = _authenticate(request, services, credentials)
-    services.abuse.admit(
-        principal,
-        device_id=_device_of(request),
-        ip=client_address(request),
-        api_version=request.headers.get(API_VERSION_HEADER),
-        allow_blocked=True,
-    )
-    return principal
+    return _admitted(request, services, credentials, allow_blocked=True)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -5,6 +5,9 @@ This is the only place that knows which status each error class gets.
 
 from __future__ import annotations
 
+import sqlite3
+
+import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +29,7 @@ from modelseal.errors import (
     UsageError,
     VerificationError,
 )
+from modelseal.keys.pkcs11 import TokenError
 from modelseal.server.api.schemas import ErrorBody
 from modelseal.server.errors import (
     AccountBlockedError,
@@ -33,6 +37,7 @@ from modelseal.server.errors import (
     AuthenticationError,
     ConfigurationError,
     ConflictError,
+    DatabaseBusyError,
     DeviceRevokedError,
     EventRejectedError,
     LinkExpiredError,
@@ -50,6 +55,7 @@ from modelseal.server.errors import (
     TooManyLinksError,
     UnknownModelError,
 )
+from modelseal.server.keyservice.kms import KMSError
 from modelseal.server.services.examples import ExamplesInvalidError, ExamplesLimitError
 
 __all__ = ["ERROR_RESPONSES", "STATUS_BY_ERROR", "error_response", "install_error_handlers"]
@@ -91,6 +97,9 @@ STATUS_BY_ERROR: dict[type[ModelSealError], int] = {
     # Google's status list could not be read and the checker fails closed: not the
     # device's fault, and worth retrying.
     RevocationUnavailableError: 503,
+    # The key backend (HSM, KMS) failed while signing: the server's fault, retryable.
+    TokenError: 503,
+    KMSError: 503,
 }
 _HTTP_CODES = {
     400: "bad_request",
@@ -108,6 +117,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     422: {"model": ErrorBody, "description": "invalid_request: the message names the field"},
     503: {"model": ErrorBody, "description": "overloaded: retry after Retry-After seconds"},
 }
+
+
+DEPENDENCY_RETRY_AFTER_SECONDS = 30
 
 
 def error_response(
@@ -152,6 +164,19 @@ async def _modelseal_error(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, QuotaExceededError):
             extra["resets_at"] = exc.resets_at
         return error_response(status, exc.code, exc.message, headers, extra)
+    if isinstance(exc, RevocationUnavailableError):
+        # Not the device's fault and retryable: the client is told so, and when.
+        _log.warning("attestation_status_list_unavailable", code=exc.code)
+        headers["Retry-After"] = "60"
+        return error_response(503, exc.code, exc.message, headers)
+    if status == 503:
+        # A service the server depends on (HSM, cloud KMS) failed: retryable, and not the
+        # client's fault. Its message may name internals, so the client gets the code only.
+        _log.warning("dependency_unavailable", code=exc.code, error_type=type(exc).__name__)
+        headers["Retry-After"] = str(DEPENDENCY_RETRY_AFTER_SECONDS)
+        return error_response(
+            503, exc.code, "a service the server depends on is unavailable; retry later", headers
+        )
     if status >= 500:
         _log.error("server_error", code=exc.code, error_type=type(exc).__name__)
         return error_response(500, "internal_error", "internal server error")
@@ -186,6 +211,33 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers)
 
 
+# PostgreSQL SQLSTATEs of a lock not obtained in time: lock_not_available, deadlock_detected,
+# serialization_failure, query_canceled (statement or lock timeout).
+_PG_BUSY_STATES = frozenset({"55P03", "40P01", "40001", "57014"})
+
+
+def _database_busy(exc: Exception) -> bool:
+    """Whether ``exc`` is the database refusing a lock in time (a retry may succeed)."""
+    if not isinstance(exc, sqlalchemy.exc.OperationalError):
+        return False
+    orig = exc.orig
+    if isinstance(orig, sqlite3.OperationalError):
+        text = str(orig)
+        return text.startswith(("database is locked", "database table is locked")) or (
+            text.startswith("database is busy")
+        )
+    return getattr(orig, "sqlstate", None) in _PG_BUSY_STATES
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if _database_busy(exc):
+        # Under load the database may not give its lock within the busy timeout: nothing
+        # was committed, so the client is told to retry (503 + Retry-After), never 500.
+        _log.warning("database_busy", error_type=type(exc).__name__)
+        return await _modelseal_error(request, DatabaseBusyError("the database is busy; retry"))
+    return await _unexpected(request, exc)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     _log.error("unhandled_exception", error_type=type(exc).__name__, exc_info=exc)
     return error_response(500, "internal_error", "internal server error")
@@ -196,4 +248,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ModelSealError, _modelseal_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(sqlalchemy.exc.OperationalError, _database_error)
     app.add_exception_handler(Exception, _unexpected)

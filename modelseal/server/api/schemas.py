@@ -10,6 +10,7 @@ from modelseal.server.services.devices import DEVICE_ID_PATTERN, DeviceInfo
 from modelseal.server.services.issuance import JobView
 
 __all__ = [
+    "DeviceAttestationOut",
     "DeviceIn",
     "DeviceList",
     "DeviceOut",
@@ -49,6 +50,15 @@ class DeviceIn(_In):
     )
 
 
+class DeviceAttestationOut(BaseModel):
+    """The device's latest verified attestation (``docs/ATTESTATION.md``)."""
+
+    platform: str = Field(description="apple-appattest, android-key, play-integrity, ...")
+    level: str = Field(description="The attested level, e.g. production, tee, device")
+    verified_at: int
+    signals: list[str] = Field(description="Fraud signals the verifier reported")
+
+
 class DeviceOut(BaseModel):
     """A registered device."""
 
@@ -60,10 +70,14 @@ class DeviceOut(BaseModel):
     created_at: int
     revoked_at: int | None
     public_key: dict[str, Any]
+    attestation: DeviceAttestationOut | None = Field(
+        default=None, description="None: the device never sent a verified attestation"
+    )
 
     @classmethod
     def of(cls, info: DeviceInfo) -> DeviceOut:
         """Shape a service result."""
+        attested = info.attestation
         return cls(
             device_id=info.device_id,
             kid=info.kid,
@@ -73,6 +87,14 @@ class DeviceOut(BaseModel):
             created_at=info.created_at,
             revoked_at=info.revoked_at,
             public_key=dict(info.public_key),
+            attestation=None
+            if attested is None
+            else DeviceAttestationOut(
+                platform=attested.platform,
+                level=attested.level,
+                verified_at=attested.verified_at,
+                signals=list(attested.signals),
+            ),
         )
 
 

@@ -77,13 +77,16 @@ class AddressUse(Base):
     """A client address an account used: links accounts that share one (account farms).
 
     Written at most once per ``event_record_interval_seconds`` per (address, user);
-    rows older than ``address_window_seconds`` are ignored and may be swept.
+    rows older than ``address_window_seconds`` are ignored, and rows older than
+    ``address_retention_seconds`` are deleted by the sweeper.
     """
 
     __tablename__ = "address_uses"
     __table_args__ = (
         UniqueConstraint("ip", "user_id"),
         Index("ix_address_uses_ip_last_seen", "ip", "last_seen"),
+        # An account's own address uses (first-ever arrival, siblings of a blocked account).
+        Index("ix_address_uses_user_id_last_seen", "user_id", "last_seen"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -14,7 +14,8 @@ kinds of transaction:
   Python lock instead wakes the next writer as soon as the lock is free);
 * **reads** (:func:`reading`) start with a deferred ``BEGIN``: in WAL mode they see
   a consistent snapshot and neither wait for nor block writers. A reading session
-  must not write (SQLite would refuse the upgrade with ``database is locked``).
+  cannot write: its connection is ``query_only`` until the transaction ends (a
+  deferred transaction that wrote would fail under load, when its snapshot is stale).
 
 PostgreSQL gets its default (READ COMMITTED) transactions for both.
 """
@@ -47,6 +48,17 @@ class _WriterLockedConnection(sqlite3.Connection):
 
     _writer_lock: threading.Lock
     _holds_writer_lock = False
+    _query_only = False
+
+    def begin_deferred(self) -> None:
+        """``BEGIN`` a read transaction; the connection refuses writes until it ends."""
+        self.execute("PRAGMA query_only = ON")
+        self._query_only = True
+        try:
+            self.execute("BEGIN")
+        except BaseException:
+            self._end()
+            raise
 
     def begin_immediate(self) -> None:
         """Take the process's writer lock, then ``BEGIN IMMEDIATE``.
@@ -69,21 +81,29 @@ class _WriterLockedConnection(sqlite3.Connection):
             self._holds_writer_lock = False
             self._writer_lock.release()
 
+    def _end(self) -> None:
+        """After a transaction: give the writer lock back, or make the connection writable."""
+        self._release_writer_lock()
+        if self._query_only:
+            self._query_only = False
+            self.execute("PRAGMA query_only = OFF")
+
     def commit(self) -> None:
         try:
             super().commit()
         finally:
             # A failed COMMIT leaves the transaction open; the rollback that follows
             # ends it, and another writer that gets in first waits in SQLite's busy handler.
-            self._release_writer_lock()
+            self._end()
 
     def rollback(self) -> None:
         try:
             super().rollback()
         finally:
-            self._release_writer_lock()
+            self._end()
 
     def close(self) -> None:
+        self._query_only = False
         try:
             super().close()
         finally:
@@ -117,14 +137,13 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection: Any) -> None:
-            if connection.get_execution_options().get(READ_ONLY_OPTION):
-                connection.exec_driver_sql("BEGIN")
-                return
             dbapi_connection = connection.connection.dbapi_connection
-            if isinstance(dbapi_connection, _WriterLockedConnection):
+            if not isinstance(dbapi_connection, _WriterLockedConnection):  # pragma: no cover
+                raise TypeError("a connection of this engine is not a _WriterLockedConnection")
+            if connection.get_execution_options().get(READ_ONLY_OPTION):
+                dbapi_connection.begin_deferred()
+            else:
                 dbapi_connection.begin_immediate()
-            else:  # pragma: no cover - every connection of this engine is one
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)

@@ -6,7 +6,8 @@ recent events (at most ``history_max_events``, none older than
 transaction that adds an event of a type the rules use, and stored with its
 explanation in ``fraud_verdicts``, which is therefore the per-user cache: a request
 reads one row. A stored ``suspicious`` verdict older than ``verdict_max_age_seconds``
-is recomputed when read, because points decay. ``malicious`` is sticky: once a stop
+is recomputed when read, because points decay, and so is any non-malicious verdict
+computed under another rules version. ``malicious`` is sticky: once a stop
 factor or the points made a user malicious, only an operator override lifts it, so
 neither time nor a flood of harmless events pushing old ones out of the bounded
 history unblocks anyone.
@@ -24,9 +25,14 @@ Policy, on every request of an authenticated user (:meth:`AbuseService.admit`):
 Accounts linked by network: the first request of an account from a client network
 (IPv4 /24, IPv6 /48 by default) is remembered in ``address_uses``; an account seen on a
 network that a malicious account used within ``address_window_seconds`` gets a
-``linked_account_blocked`` event, on arrival or when the other account turns
-malicious. Networks shared by more than ``address_link_max_accounts`` accounts (carrier
-NAT) link nobody.
+``linked_account_blocked`` event, on arrival (``new_account`` when it is the account's
+first request ever) or when the other account turns malicious. Networks shared by more
+than ``address_link_max_accounts`` accounts (carrier NAT) link nobody. Addresses are
+forgotten after ``address_retention_seconds`` (:func:`expire_addresses`, the sweeper).
+
+Other inputs: failed logins with a wrong secret for a known token id become the token
+user's ``credential_failure`` (throttled, :meth:`AbuseService.auth_failed`); app events
+are capped per user (``app_events_per_user_limit``).
 
 An active operator override (``fraud_overrides``) wins over the computed verdict.
 Every override and every change of computed verdict is written to the audit log
@@ -44,21 +50,23 @@ import ipaddress
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import CursorResult, String, delete, func, or_, select, update
+from sqlalchemy import cast as cast_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from modelseal.errors import UsageError
 from modelseal.fraud import Assessment, FraudRulesError, HoneyTokens, RuleSet, Verdict, assess
+from modelseal.fraud.compare import RulesComparison, compare_rules
 from modelseal.fraud.events import AppEventIn, FraudEvent, canonical_type, fraud_event
 from modelseal.server.clock import Clock
 from modelseal.server.db.abuse_models import AddressUse, FraudVerdict
 from modelseal.server.db.models import Device, Event
-from modelseal.server.db.session import SessionFactory
+from modelseal.server.db.session import SessionFactory, reading
 from modelseal.server.errors import (
     AccountBlockedError,
     ApiVersionError,
@@ -79,14 +87,66 @@ from modelseal.server.services.fraud_ops import (
 )
 from modelseal.server.services.quotas import QuotaService, QuotaUse
 from modelseal.server.services.ratelimit import RateLimits
-from modelseal.server.settings import ModelSpec, Settings
+from modelseal.server.settings import AbuseSettings, ModelSpec, Settings
 
-__all__ = ["AbuseService", "AuditSink", "OverrideInfo", "VerdictInfo", "user_ref"]
+__all__ = [
+    "AbuseService",
+    "AuditSink",
+    "OverrideInfo",
+    "VerdictInfo",
+    "expire_addresses",
+    "user_ref",
+]
 
 _log = structlog.get_logger("modelseal.server.abuse")
 FRAUD_ACTOR = "fraud-engine"
 # Users whose verdict must be recomputed when the current batch of events ends.
 _deferred: ContextVar[set[int] | None] = ContextVar("modelseal_deferred_verdicts", default=None)
+
+
+_RETENTION_BATCH = 500
+# Event details members that hold a client address or network.
+_ADDRESS_KEYS = ("ip", "network")
+
+
+def expire_addresses(sessions: SessionFactory, settings: AbuseSettings, now: int) -> int:
+    """Forget client addresses older than ``address_retention_seconds`` (the sweeper).
+
+    Deletes older ``address_uses`` rows and removes ``details.ip`` (and the
+    ``network`` of ``linked_account_blocked``) from older events
+    (the events themselves stay: verdicts and explanations refer to them), in
+    transactions of at most a few hundred rows.
+
+    Returns:
+        Rows changed (address uses deleted plus events scrubbed).
+    """
+    cutoff = now - settings.address_retention_seconds
+    with sessions.begin() as session:
+        changed = cast(
+            CursorResult[Any],
+            session.execute(delete(AddressUse).where(AddressUse.last_seen < cutoff)),
+        ).rowcount
+    after = 0
+    while True:
+        with sessions.begin() as session:
+            rows = session.execute(
+                select(Event.id, Event.details)
+                .where(
+                    Event.created_at < cutoff,
+                    Event.id > after,
+                    or_(*(cast_(Event.details, String).like(f'%"{k}"%') for k in _ADDRESS_KEYS)),
+                )
+                .order_by(Event.id)
+                .limit(_RETENTION_BATCH)
+            ).all()
+            for row in rows:
+                if isinstance(row.details, dict) and any(k in row.details for k in _ADDRESS_KEYS):
+                    kept = {k: v for k, v in row.details.items() if k not in _ADDRESS_KEYS}
+                    session.execute(update(Event).where(Event.id == row.id).values(details=kept))
+                    changed += 1
+        if len(rows) < _RETENTION_BATCH:
+            return changed
+        after = rows[-1].id
 
 
 class AbuseService(FraudOperations):
@@ -200,6 +260,33 @@ class AbuseService(FraudOperations):
         now = int(self._clock())
         return assess(self._history(session, user_id, now), self.rules, now)
 
+    def replay_rules(self, new: RuleSet, *, max_users: int = 10_000) -> RulesComparison:
+        """What ``new`` would decide: every recently active user's bounded history (as
+        verdicts read it) assessed under the rules in force and under ``new``, now.
+
+        At most ``max_users`` users with events in ``history_window_seconds``, most
+        recently active first. Pure: nothing is stored.
+        """
+        now = int(self._clock())
+        with reading(self._sessions) as session:
+            latest = func.max(Event.id)
+            users = session.scalars(
+                select(Event.user_id)
+                .where(
+                    Event.user_id.is_not(None),
+                    Event.created_at >= now - self._config.history_window_seconds,
+                )
+                .group_by(Event.user_id)
+                .order_by(latest.desc())
+                .limit(max_users)
+            ).all()
+            histories = {
+                user_id: self._history(session, user_id, now)
+                for user_id in users
+                if user_id is not None
+            }
+        return compare_rules(histories, self.rules, new, now)
+
     def _recompute(self, session: Session, user_id: int) -> FraudVerdict:
         session.flush()
         now = int(self._clock())
@@ -273,10 +360,13 @@ class AbuseService(FraudOperations):
         row = session.get(FraudVerdict, user_id)
         if row is None:
             return Verdict.OK
-        if (
+        stale = (
             row.verdict == Verdict.SUSPICIOUS
             and now - row.computed_at >= self._config.verdict_max_age_seconds
-        ):
+        )
+        # Computed under other rules (an operator deployed new ones): recomputed on use.
+        outdated = row.verdict != Verdict.MALICIOUS and row.rules_version != self.rules.version
+        if stale or outdated:
             row = self._recompute(session, user_id)
         return Verdict(row.verdict)
 
@@ -365,6 +455,15 @@ class AbuseService(FraudOperations):
         now = int(self._clock())
         values = {"ip": network, "user_id": user_id, "first_seen": now, "last_seen": now}
         with self._sessions.begin() as session:
+            # An account never seen on any network before arrives here for the first time:
+            # the farm pattern (fresh accounts rotated through one network) the rules tell
+            # apart from established neighbours.
+            new_account = (
+                session.scalars(
+                    select(AddressUse.user_id).where(AddressUse.user_id == user_id).limit(1)
+                ).first()
+                is None
+            )
             insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
             statement = insert(AddressUse).values(**values)
             session.execute(
@@ -383,7 +482,7 @@ class AbuseService(FraudOperations):
                 )
             ).all()
             for other in sorted(blocked):
-                self._link(session, user_id, other, network, now)
+                self._link(session, user_id, other, network, now, new_account=new_account)
 
     def _network(self, ip: str) -> str | None:
         """The network ``ip`` links by (``address_link_prefix_v4``/``_v6``); None if no address."""
@@ -427,8 +526,19 @@ class AbuseService(FraudOperations):
             for other in sorted((self._address_accounts(session, ip, now) or set()) - {user_id}):
                 self._link(session, other, user_id, ip, now)
 
-    def _link(self, session: Session, user_id: int, blocked: int, network: str, now: int) -> None:
-        """Record once per window that ``user_id`` shared ``network`` with ``blocked``."""
+    def _link(
+        self,
+        session: Session,
+        user_id: int,
+        blocked: int,
+        network: str,
+        now: int,
+        *,
+        new_account: bool = False,
+    ) -> None:
+        """Record once per window that ``user_id`` shared ``network`` with ``blocked``
+        (``new_account``: ``user_id``'s first request ever came from that network, after
+        ``blocked`` was blocked)."""
         known = session.scalars(
             select(Event.details).where(
                 Event.user_id == user_id,
@@ -442,7 +552,7 @@ class AbuseService(FraudOperations):
             session,
             EventType.LINKED_ACCOUNT_BLOCKED,
             user_id=user_id,
-            details={"linked_user": blocked, "network": network},
+            details={"linked_user": blocked, "network": network, "new_account": new_account},
         )
 
     def _flood_event(
@@ -470,9 +580,27 @@ class AbuseService(FraudOperations):
                 "too many failed authentications from this address", refusal.retry_after_seconds
             )
 
-    def auth_failed(self, ip: str | None) -> None:
-        """Count a failed authentication from ``ip``."""
+    def auth_failed(self, ip: str | None, *, user_id: int | None = None) -> None:
+        """Count a failed authentication from ``ip``; with ``user_id`` (a wrong secret for
+        that user's token id), record a ``credential_failure`` for the user, throttled.
+
+        Throttled to one event per user and address per ``event_record_interval_seconds``,
+        and at most ``credential_failure_events_per_interval`` per user (a flood from many
+        addresses writes few rows). Failed logins target an account whoever makes them, so
+        the rules weigh them low: they cannot make the owner malicious on their own.
+        """
         self.rate_limits.auth_failed(ip)
+        if user_id is None:
+            return
+        where = ip if ip is not None else "-"
+        if self.rate_limits.first_in_interval(
+            EventType.CREDENTIAL_FAILURE, f"{user_id}|{where}"
+        ) and self.rate_limits.within_interval(
+            "credential_failure_user",
+            str(user_id),
+            self._config.credential_failure_events_per_interval,
+        ):
+            self._events.record(EventType.CREDENTIAL_FAILURE, user_id=user_id, details={}, ip=ip)
 
     # --- quotas -------------------------------------------------------------------------
 
@@ -530,6 +658,8 @@ class AbuseService(FraudOperations):
         Raises:
             NotFoundError: The caller has no device ``device_id`` (another user's device
                 is not told apart from no device).
+            RateLimitedError: The batch would pass the user's ``app_events_per_user_limit``
+                (nothing was stored).
         """
         with self._sessions.begin() as session:
             device = session.scalars(
@@ -539,17 +669,26 @@ class AbuseService(FraudOperations):
             ).first()
             if device is None:
                 raise NotFoundError("no such device")
-            with self._batch(session):
-                for event in events:
-                    self._events.add(
-                        session,
-                        str(event.type),
-                        user_id=principal.user_id,
-                        device_id=device_id,
-                        source=EventSource.APP,
-                        details=event.record_details(),
-                        ip=ip,
-                    )
+            # A cap per user on stored events: the events table cannot be flooded.
+            refusal = self.rate_limits.app_events(principal.user_id, len(events))
+            if refusal is None:
+                with self._batch(session):
+                    for event in events:
+                        self._events.add(
+                            session,
+                            str(event.type),
+                            user_id=principal.user_id,
+                            device_id=device_id,
+                            source=EventSource.APP,
+                            details=event.record_details(),
+                            ip=ip,
+                        )
+        if refusal is not None:
+            self._metrics.abuse_refusals_total.labels(reason=RateLimitedError.code).inc()
+            self._flood_event(
+                EventType.RATE_LIMITED, principal.user_id, device_id, ip, {"scope": refusal.scope}
+            )
+            raise RateLimitedError("too many events from this account", refusal.retry_after_seconds)
         return len(events)
 
     def record_server_event(

@@ -50,6 +50,7 @@ from modelseal.server.errors import (
     ConflictError,
     NotFoundError,
 )
+from modelseal.server.services.audit import AuditAction, AuditLog, admin_actor
 from modelseal.server.settings import AuthSettings
 
 __all__ = [
@@ -142,6 +143,37 @@ class TokenAuthenticator:
     def authenticate(self, credential: str) -> Principal:
         """Verify an ``ms_<token_id>_<secret>`` token."""
         token_id, secret = _split_token(credential)
+        row = self._usable_token(token_id)
+        if row is not None and self._recently_verified(token_id, secret):
+            return _principal(row[1])
+        stored = row[0].secret_hash if row is not None else self._dummy_hash
+        try:
+            self._hasher.verify(stored, secret)
+        except (VerificationError, InvalidHashError):
+            error = AuthenticationError("authentication failed")
+            if row is not None:
+                error.user_id = row[1].id  # a wrong secret for this user's token id
+            raise error from None
+        if row is None:
+            raise AuthenticationError("authentication failed")
+        self._remember(token_id, secret)
+        return _principal(row[1])
+
+    def authenticate_recent(self, credential: str) -> Principal | None:
+        """The principal of ``credential`` if it passed Argon2id within
+        ``token_cache_seconds`` and is still usable, else None (no Argon2id work).
+
+        Lets honest clients through while their address is locked out by someone else's
+        failed logins (a shared NAT): only a secret this process verified matches.
+        """
+        token_id, secret = _split_token(credential)
+        if not self._recently_verified(token_id, secret):
+            return None
+        row = self._usable_token(token_id)
+        return _principal(row[1]) if row is not None else None
+
+    def _usable_token(self, token_id: str) -> tuple[ApiToken, User] | None:
+        """The token ``token_id`` and its user, unless unknown, revoked or disabled."""
         # A read: on SQLite it neither waits for nor blocks writers.
         with reading(self._sessions) as session:
             row = session.execute(
@@ -149,18 +181,9 @@ class TokenAuthenticator:
                 .join(User, User.id == ApiToken.user_id)
                 .where(ApiToken.token_id == token_id)
             ).first()
-        usable = row is not None and row[0].revoked_at is None and row[1].disabled_at is None
-        if row is not None and usable and self._recently_verified(token_id, secret):
-            return _principal(row[1])
-        stored = row[0].secret_hash if row is not None and usable else self._dummy_hash
-        try:
-            self._hasher.verify(stored, secret)
-        except (VerificationError, InvalidHashError):
-            raise AuthenticationError("authentication failed") from None
-        if row is None or not usable:
-            raise AuthenticationError("authentication failed")
-        self._remember(token_id, secret)
-        return _principal(row[1])
+        if row is None or row[0].revoked_at is not None or row[1].disabled_at is not None:
+            return None
+        return row[0], row[1]
 
     def _recently_verified(self, token_id: str, secret: str) -> bool:
         if self._cache_seconds == 0:
@@ -307,13 +330,52 @@ class OIDCAuthenticator:
 
 
 class AccountService:
-    """Operator actions on built-in accounts and tokens."""
+    """Operator actions on built-in accounts and tokens.
 
-    def __init__(self, sessions: SessionFactory, settings: AuthSettings, clock: Clock) -> None:
+    With an audit log, every action writes its ``admin.action`` entry in its own
+    transaction, so the action and its entry commit together or not at all.
+    """
+
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        settings: AuthSettings,
+        clock: Clock,
+        *,
+        audit: AuditLog | None = None,
+    ) -> None:
         """Store through ``sessions``; hash with ``settings``' Argon2id parameters."""
         self._sessions = sessions
         self._hasher = _hasher(settings)
         self._clock = clock
+        self._audit = audit
+
+    def record_admin(
+        self,
+        session: Session,
+        command: str,
+        *,
+        actor: str | None = None,
+        user_id: int | None = None,
+        **details: str | int | None,
+    ) -> None:
+        """Append the ``admin.action`` entry of ``command`` inside ``session``'s transaction.
+
+        Call it last in the transaction (it holds the log's lock until commit). The
+        actor defaults to the operating-system user running the admin CLI.
+
+        Raises:
+            SecretFieldError: A detail key names a secret.
+        """
+        if self._audit is None:
+            return
+        self._audit.append(
+            session,
+            AuditAction.ADMIN_ACTION,
+            actor=actor or admin_actor(),
+            user_id=user_id,
+            details={"command": command, **details},
+        )
 
     def _issue_token(self, session: Session, user: User) -> str:
         token_id = secrets.token_hex(8)
@@ -328,7 +390,7 @@ class AccountService:
         )
         return f"{TOKEN_PREFIX}{token_id}_{secret}"
 
-    def create_user(self, name: str) -> tuple[UserInfo, str]:
+    def create_user(self, name: str, *, actor: str | None = None) -> tuple[UserInfo, str]:
         """Create a built-in account and its first API token (returned once, never stored).
 
         Raises:
@@ -350,6 +412,14 @@ class AccountService:
                 session.flush()
                 token = self._issue_token(session, user)
                 info = _info(user)
+                self.record_admin(
+                    session,
+                    "users.create",
+                    actor=actor,
+                    user_id=user.id,
+                    user_name=name,
+                    token_id=_token_id(token),
+                )
         except IntegrityError:
             raise ConflictError(f"user {name!r} already exists") from None
         return info, token
@@ -360,19 +430,40 @@ class AccountService:
             raise NotFoundError(f"no user named {name!r}")
         return user
 
-    def create_token(self, name: str) -> str:
-        """Create another API token for user ``name``."""
-        with self._sessions.begin() as session:
-            return self._issue_token(session, self._user_by_name(session, name))
+    def create_token(self, name: str, *, actor: str | None = None) -> str:
+        """Create another API token for user ``name`` (audited in the same transaction).
 
-    def revoke_token(self, token_id: str) -> None:
-        """Revoke the token whose id is ``token_id`` (the part after ``ms_``)."""
+        Raises:
+            NotFoundError: No user has that name.
+        """
+        with self._sessions.begin() as session:
+            user = self._user_by_name(session, name)
+            token = self._issue_token(session, user)
+            self.record_admin(
+                session,
+                "tokens.create",
+                actor=actor,
+                user_id=user.id,
+                user_name=name,
+                token_id=_token_id(token),
+            )
+            return token
+
+    def revoke_token(self, token_id: str, *, actor: str | None = None) -> None:
+        """Revoke the token whose id is ``token_id`` (the part after ``ms_``), audited.
+
+        Raises:
+            NotFoundError: No such token.
+        """
         with self._sessions.begin() as session:
             row = session.scalars(select(ApiToken).where(ApiToken.token_id == token_id)).first()
             if row is None:
                 raise NotFoundError(f"no token {token_id!r}")
             if row.revoked_at is None:
                 row.revoked_at = int(self._clock())
+            self.record_admin(
+                session, "tokens.revoke", actor=actor, user_id=row.user_id, token_id=token_id
+            )
 
     def list_tokens(self, name: str) -> list[tuple[str, int, int | None]]:
         """(token_id, created_at, revoked_at) of user ``name``'s tokens."""
@@ -390,6 +481,11 @@ class AccountService:
         """The built-in user ``name``."""
         with self._sessions() as session:
             return _info(self._user_by_name(session, name))
+
+
+def _token_id(token: str) -> str:
+    """The public id part of ``ms_<token_id>_<secret>`` (the secret never leaves here)."""
+    return token.split("_")[1] if token.count("_") >= 2 else "-"
 
 
 def _info(user: User) -> UserInfo:

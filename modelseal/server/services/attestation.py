@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from modelseal.attestation.android_config import build_android_verifier
@@ -39,6 +39,7 @@ from modelseal.attestation.base import (
     AttestationCounterError,
     AttestationError,
     AttestationKeyMismatchError,
+    AttestationMalformedError,
     AttestationRequiredError,
     AttestationResult,
     AttestationUnsupportedError,
@@ -49,8 +50,10 @@ from modelseal.attestation.base import (
     client_data,
     load_roots,
 )
+from modelseal.attestation.dev import PLATFORM as DEV_PLATFORM
 from modelseal.attestation.dev import InsecureDevVerifier
 from modelseal.attestation.play_integrity import PlayIntegrityVerifier
+from modelseal.attestation.revocation import RevocationUnavailableError
 from modelseal.keys import RecipientPublicKey, jwk_to_key
 from modelseal.server.clock import Clock
 from modelseal.server.db.attestation_models import (
@@ -74,8 +77,10 @@ __all__ = [
     "LEVEL_ORDER",
     "AttestationIn",
     "AttestationService",
+    "AttestationStatus",
     "ChallengeView",
     "VerifiedAttestation",
+    "attestation_statuses",
     "build_attestation_service",
     "build_registry",
     "satisfies",
@@ -92,6 +97,8 @@ _AUDIT_VERIFIED = "attestation.verified"
 _AUDIT_FAILED = "attestation.failed"
 
 CHALLENGE_BYTES = 32
+# Used and expired challenges are kept this long (replays are told apart from unknown ids).
+CHALLENGE_RETENTION_SECONDS = 86_400
 MAX_EVIDENCE_BYTES = 64 * 1024
 
 # Levels of each platform, weakest first: a requirement "platform:level" is met by that
@@ -104,6 +111,9 @@ LEVEL_ORDER: Mapping[str, tuple[str, ...]] = {
 }
 
 Purpose = Literal["enroll", "assertion"]
+
+# Refusals caused by the server, not by the evidence (see AttestationService._failed).
+_SERVER_SIDE_ERRORS = (RevocationUnavailableError, AttestationConfigError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +136,53 @@ class AttestationIn:
 
 @dataclass(frozen=True, slots=True)
 class VerifiedAttestation:
-    """A verified result and the challenge it consumed."""
+    """A verified result and the challenge it consumed.
+
+    Attributes:
+        result: What the verifier established.
+        challenge_id: The challenge the evidence answered.
+        recorded: True for the retry of an enrollment that already succeeded with this
+            challenge: the result is the stored one, and nothing is recorded again.
+    """
 
     result: AttestationResult
     challenge_id: str
+    recorded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationStatus:
+    """A device's latest verified attestation, as device listings show it."""
+
+    platform: str
+    level: str
+    verified_at: int
+    signals: tuple[str, ...] = ()
+
+
+_STATUS_BATCH = 500
+
+
+def attestation_statuses(
+    session: Session, device_pks: Sequence[int]
+) -> dict[int, AttestationStatus]:
+    """The latest verified attestation of each device in ``device_pks`` (by primary key)."""
+    statuses: dict[int, AttestationStatus] = {}
+    pks = list(dict.fromkeys(device_pks))
+    for start in range(0, len(pks), _STATUS_BATCH):
+        batch = pks[start : start + _STATUS_BATCH]
+        latest = (
+            select(func.max(DeviceAttestation.id))
+            .where(DeviceAttestation.device_pk.in_(batch))
+            .group_by(DeviceAttestation.device_pk)
+        )
+        for row in session.scalars(
+            select(DeviceAttestation).where(DeviceAttestation.id.in_(latest))
+        ):
+            statuses[row.device_pk] = AttestationStatus(
+                row.platform, row.level, row.verified_at, tuple(row.signals)
+            )
+    return statuses
 
 
 def satisfies(policy: AttestationPolicy, platform: str | None, level: str | None) -> bool:
@@ -244,7 +297,11 @@ class AttestationService:
     # --- challenges ---------------------------------------------------------------------
 
     def issue_challenge(self, principal: Principal, purpose: Purpose = "enroll") -> ChallengeView:
-        """A fresh single-use challenge for the caller."""
+        """A fresh single-use challenge for the caller.
+
+        The caller's challenges that expired more than a day ago are deleted in the same
+        transaction, so the table stays the size of recent traffic.
+        """
         now = int(self._clock())
         challenge = secrets.token_bytes(CHALLENGE_BYTES)
         row = AttestationChallenge(
@@ -256,6 +313,12 @@ class AttestationService:
             expires_at=now + self._settings.attestation.challenge_ttl_seconds,
         )
         with self._sessions.begin() as session:
+            session.execute(
+                delete(AttestationChallenge).where(
+                    AttestationChallenge.user_id == principal.user_id,
+                    AttestationChallenge.expires_at < now - CHALLENGE_RETENTION_SECONDS,
+                )
+            )
             session.add(row)
         return ChallengeView(
             row.id, base64.urlsafe_b64encode(challenge).rstrip(b"=").decode(), row.expires_at
@@ -316,6 +379,9 @@ class AttestationService:
     ) -> VerifiedAttestation:
         """Consume the challenge and verify the evidence for ``device_key``.
 
+        The same enrollment sent again after it succeeded (a lost response) gets the
+        stored result back instead of a replay refusal (:meth:`_enrolled_with`).
+
         Raises:
             AttestationUnsupportedError: The platform is not configured.
             ChallengeInvalidError: The challenge is unknown, used, expired or not the caller's.
@@ -323,10 +389,13 @@ class AttestationService:
                 is recorded first).
         """
         verifier = self._registry.get(attestation.platform)
+        retried = self._enrolled_with(principal, device_id, device_key, attestation)
+        if retried is not None:
+            return retried
         challenge = self._consume(principal, attestation.challenge_id, "enroll", device_id)
         try:
             if len(attestation.evidence) > MAX_EVIDENCE_BYTES:
-                raise AttestationUnsupportedError("attestation evidence is too large")
+                raise AttestationMalformedError("attestation evidence is too large")
             result = verifier.verify(
                 attestation.evidence,
                 challenge=challenge,
@@ -344,15 +413,59 @@ class AttestationService:
             raise
         return VerifiedAttestation(result, attestation.challenge_id)
 
+    def _enrolled_with(
+        self,
+        principal: Principal,
+        device_id: str,
+        device_key: RecipientPublicKey,
+        attestation: AttestationIn,
+    ) -> VerifiedAttestation | None:
+        """The stored result if this exact enrollment already succeeded with this challenge.
+
+        A client whose registration went through but whose response was lost sends the
+        same body again. Its challenge is used, yet this is no replay: the same user,
+        device id, key and platform were verified with it. Anything else with a used
+        challenge stays a replay (:meth:`_consume`).
+        """
+        with self._sessions() as session:
+            row = session.scalars(
+                select(DeviceAttestation)
+                .join(Device, Device.id == DeviceAttestation.device_pk)
+                .where(
+                    Device.user_id == principal.user_id,
+                    Device.device_id == device_id,
+                    Device.kid == device_key.kid,
+                    Device.revoked_at.is_(None),
+                    DeviceAttestation.challenge_id == attestation.challenge_id,
+                    DeviceAttestation.platform == attestation.platform,
+                )
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            result = AttestationResult(
+                platform=row.platform,
+                level=row.level,
+                key_id=row.key_id,
+                facts=dict(row.facts),
+                signals=tuple(row.signals),
+            )
+        return VerifiedAttestation(result, attestation.challenge_id, recorded=True)
+
     def _failed(
         self, principal: Principal, device_id: str | None, platform: str, exc: AttestationError
     ) -> None:
         details = {"platform": platform[:32], "code": exc.code}
+        # A server-side failure (the status list unreachable, a bad configuration) says
+        # nothing about the device: audited, but never a fraud event, which would make
+        # every user who enrolls during an outage malicious for good.
+        server_side = isinstance(exc, _SERVER_SIDE_ERRORS)
         event = EVENT_REPLAYED if isinstance(exc, AttestationCounterError) else EVENT_FAILED
         with self._sessions.begin() as session:
-            self._events.add(
-                session, event, user_id=principal.user_id, device_id=device_id, details=details
-            )
+            if not server_side:
+                self._events.add(
+                    session, event, user_id=principal.user_id, device_id=device_id, details=details
+                )
             if self._audit is not None:
                 self._audit.append(
                     session,
@@ -362,7 +475,9 @@ class AttestationService:
                     device_id=device_id,
                     details=details,
                 )
-        _log.info("attestation_refused", platform=platform[:32], code=exc.code)
+        (_log.warning if server_side else _log.info)(
+            "attestation_refused", platform=platform[:32], code=exc.code
+        )
 
     def record(self, session: Session, device: Device, verified: VerifiedAttestation) -> None:
         """Store ``verified`` on ``device`` inside the caller's transaction.
@@ -370,6 +485,8 @@ class AttestationService:
         Also adds an ``attestation_weak`` event per fraud signal and an
         ``attestation.verified`` audit entry, in the same transaction.
         """
+        if verified.recorded:
+            return
         result = verified.result
         now = int(self._clock())
         facts = {k: v for k, v in result.facts.items() if k != "public_key"}
@@ -454,7 +571,11 @@ class AttestationService:
         if not policy.required:
             return
         latest = self.latest(session, device)
-        if satisfies(policy, latest.platform if latest else None, latest.level if latest else None):
+        platform, level = (latest.platform, latest.level) if latest else (None, None)
+        if platform == DEV_PLATFORM and self._settings.mode == "production":
+            # A development result recorded before a switch to production proves nothing.
+            platform = level = None
+        if satisfies(policy, platform, level):
             return
         if policy.on_missing == "allow":
             return
@@ -534,8 +655,13 @@ class AttestationService:
         if not isinstance(verifier, AppleAppAttestVerifier):
             raise AttestationConfigError("the apple-appattest verifier cannot verify assertions")
         with self._sessions() as session:
+            # The latest attested key: a reinstalled app re-attests with a new key, and
+            # the old one cannot sign any more.
             key = session.scalars(
-                select(AppAttestKey).where(AppAttestKey.device_pk == device.id).limit(1)
+                select(AppAttestKey)
+                .where(AppAttestKey.device_pk == device.id)
+                .order_by(AppAttestKey.created_at.desc(), AppAttestKey.key_id)
+                .limit(1)
             ).first()
             if key is None:
                 raise AttestationUnsupportedError("the device has no attested App Attest key")

@@ -33,13 +33,18 @@ from typing import Any
 import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from sqlalchemy import event, func, select
+from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from modelseal.audit.checkpoint import Checkpoint, sign_checkpoint
 from modelseal.audit.entry import GENESIS_PREV, AuditEntry, check_details
-from modelseal.audit.errors import NoteError
+from modelseal.audit.errors import (
+    LOG_ROOT_MISMATCH,
+    LOG_SEQUENCE_GAP,
+    LogVerificationError,
+    NoteError,
+)
 from modelseal.audit.merkle import CompactRange, leaf_hash
 from modelseal.audit.note import (
     Ed25519NoteSigner,
@@ -229,6 +234,7 @@ class AuditLog:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._uncheckpointed = 0
+        self._tree: CompactRange | None = None  # as of the last checkpoint signed here
 
     # --- appending ----------------------------------------------------------------------
 
@@ -339,6 +345,10 @@ class AuditLog:
         if vkey not in self._known_vkeys:
             self._remember_verifier(vkey)
             self._known_vkeys.add(vkey)
+            pinned = self._settings.audit.verifier_keys
+            if pinned and vkey not in pinned:
+                # Auditors pinning audit.verifier_keys will refuse what this key signs.
+                _log.error("audit_checkpoint_key_not_pinned", verifier_key=vkey)
         self._signer = signer
         return signer
 
@@ -349,6 +359,20 @@ class AuditLog:
         if vkey not in known:
             with path.open("a", encoding="utf-8") as handle:
                 handle.write(vkey + "\n")
+
+    def pinned_verifiers(self) -> list[NoteVerifier]:
+        """The checkpoint verifier keys pinned in the settings (``audit.verifier_keys``).
+
+        Raises:
+            ConfigurationError: A pinned key is malformed.
+        """
+        result = []
+        for index, text in enumerate(self._settings.audit.verifier_keys):
+            try:
+                result.append(parse_verifier_key(text))
+            except NoteError as exc:
+                raise ConfigurationError(f"audit.verifier_keys[{index}]: {exc.message}") from None
+        return result
 
     def recorded_verifiers(self) -> list[NoteVerifier]:
         """Every checkpoint key this server has signed with (``<data_dir>/audit``).
@@ -367,20 +391,95 @@ class AuditLog:
                 _log.warning("audit_verifier_key_unreadable", file=str(path))
         return result
 
+    def _stored_tree(
+        self, session: Session, state: AuditState, last: AuditCheckpointRow | None
+    ) -> CompactRange:
+        """The tree of the stored entries ``0..state.size-1``, hashed from their bytes.
+
+        It extends the tree this process last signed (or, in a new process, is rebuilt
+        from every entry once) and must reproduce the last stored checkpoint's root at
+        its size and the appender's own root: the log never signs a tree that is not
+        the stored entries, or that does not extend what it signed before, whatever
+        someone with write access to ``audit_state`` put there.
+
+        Raises:
+            LogVerificationError: The entries, the last checkpoint and the appender's
+                state disagree.
+        """
+        last_size = last.tree_size if last is not None else None
+        cached = self._tree
+        if cached is not None and (last_size is None or cached.size <= last_size):
+            tree = CompactRange(cached.size, cached.hashes)
+        else:
+            tree = CompactRange()
+
+        def check_last() -> None:
+            if (
+                last is not None
+                and tree.size == last.tree_size
+                and tree.root().hex() != last.root_hash
+            ):
+                raise LogVerificationError(
+                    LOG_ROOT_MISMATCH,
+                    f"the stored entries do not hash to the last checkpoint (size "
+                    f"{last.tree_size}): refusing to sign",
+                    seq=last.tree_size - 1,
+                )
+
+        check_last()
+        rows = session.execute(
+            select(AuditRecord.seq, AuditRecord.entry)
+            .where(AuditRecord.seq >= tree.size, AuditRecord.seq < state.size)
+            .order_by(AuditRecord.seq)
+            .execution_options(yield_per=1000)
+        )
+        for seq, text in rows:
+            if seq != tree.size:
+                raise LogVerificationError(
+                    LOG_SEQUENCE_GAP, f"entry {tree.size} is missing: refusing to sign"
+                )
+            tree.append(leaf_hash(text.encode("utf-8")))
+            check_last()
+        claimed = CompactRange(state.size, [bytes.fromhex(h) for h in state.frontier])
+        if tree.size != state.size or tree.root() != claimed.root():
+            raise LogVerificationError(
+                LOG_ROOT_MISMATCH,
+                f"the appender's state (size {state.size}) does not match the stored "
+                f"entries ({tree.size}): refusing to sign",
+            )
+        return tree
+
     def checkpoint(self) -> Checkpoint | None:
         """Sign, store and export a checkpoint of the log now, if it grew since the last.
 
+        The signed root is recomputed from the stored entries (see :meth:`_stored_tree`).
+
         Returns:
             The new checkpoint, or None when there was nothing new.
+
+        Raises:
+            LogVerificationError: The stored log is inconsistent; nothing is signed.
         """
         with self._lock:
             with self._sessions() as session:
                 state = session.get(AuditState, AUDIT_STATE_ID)
-                last = session.scalar(select(func.max(AuditCheckpointRow.tree_size)))
-            if state is None or state.size == 0 or (last is not None and last >= state.size):
-                return None
-            compact = CompactRange(state.size, [bytes.fromhex(h) for h in state.frontier])
-            checkpoint = Checkpoint(self.origin, state.size, compact.root())
+                last = session.scalars(
+                    select(AuditCheckpointRow)
+                    .order_by(AuditCheckpointRow.tree_size.desc())
+                    .limit(1)
+                ).first()
+                if (
+                    state is None
+                    or state.size == 0
+                    or (last is not None and last.tree_size >= state.size)
+                ):
+                    return None
+                try:
+                    tree = self._stored_tree(session, state, last)
+                except LogVerificationError as exc:
+                    _log.error("audit_checkpoint_refused", error=exc.code, detail=exc.message)
+                    raise
+            checkpoint = Checkpoint(self.origin, tree.size, tree.root())
             note = sign_checkpoint(checkpoint, [self.signer])
             export_checkpoint(self.export_dir, checkpoint.size, note)
             try:
@@ -395,6 +494,7 @@ class AuditLog:
                     )
             except IntegrityError:
                 return None  # another process signed this size first
+            self._tree = tree
             self._uncheckpointed = 0
             _log.info("audit_checkpoint", tree_size=checkpoint.size)
             return checkpoint

@@ -35,7 +35,9 @@ from modelseal.server.services.accounts import Principal
 from modelseal.server.services.attestation import (
     AttestationIn,
     AttestationService,
+    AttestationStatus,
     VerifiedAttestation,
+    attestation_statuses,
 )
 from modelseal.server.services.audit import AuditAction, AuditLog, admin_actor, user_actor
 from modelseal.server.services.events import EventService, EventType
@@ -59,6 +61,7 @@ class DeviceInfo:
     revoked_at: int | None
     public_key: Mapping[str, Any]
     user_id: int
+    attestation: AttestationStatus | None = None
 
     @property
     def status(self) -> str:
@@ -66,7 +69,7 @@ class DeviceInfo:
         return "active" if self.revoked_at is None else "revoked"
 
 
-def _info(device: Device) -> DeviceInfo:
+def _info(device: Device, attestation: AttestationStatus | None = None) -> DeviceInfo:
     return DeviceInfo(
         device_id=device.device_id,
         kid=device.kid,
@@ -76,7 +79,13 @@ def _info(device: Device) -> DeviceInfo:
         revoked_at=device.revoked_at,
         public_key=dict(device.public_jwk),
         user_id=device.user_id,
+        attestation=attestation,
     )
+
+
+def _attested_info(session: Session, device: Device) -> DeviceInfo:
+    """``_info`` with the device's latest attestation (recorded in ``session`` or before)."""
+    return _info(device, attestation_statuses(session, [device.id]).get(device.id))
 
 
 def parse_device_key(jwk: object) -> RecipientPublicKey:
@@ -184,7 +193,7 @@ class DeviceService:
                     )
                 if verified is not None and self._attestation is not None:
                     self._attestation.record(session, mine, verified)
-                return _info(mine), False
+                return _attested_info(session, mine), False
             reuse = session.scalars(select(Device).where(Device.kid == key.kid)).first()
             if reuse is None:
                 device = Device(
@@ -215,7 +224,9 @@ class DeviceService:
                     device_id=device_id,
                     details={"kid": key.kid, "kem": key.kem.label, "app_version": app_version},
                 )
-                return _info(device), True
+                if verified is None:
+                    return _info(device), True
+                return _attested_info(session, device), True
             other_user = reuse.user_id != principal.user_id
             other_device = reuse.device_id
         self._events.record(
@@ -254,10 +265,13 @@ class DeviceService:
     def list_for(self, principal: Principal) -> list[DeviceInfo]:
         """The caller's devices, revoked ones included."""
         with self._sessions() as session:
-            rows = session.scalars(
-                select(Device).where(Device.user_id == principal.user_id).order_by(Device.id)
+            rows = list(
+                session.scalars(
+                    select(Device).where(Device.user_id == principal.user_id).order_by(Device.id)
+                )
             )
-            return [_info(d) for d in rows]
+            statuses = attestation_statuses(session, [d.id for d in rows])
+            return [_info(d, statuses.get(d.id)) for d in rows]
 
     def revoke(self, principal: Principal, device_id: str) -> DeviceInfo:
         """Revoke the caller's device; its undelivered packages are deleted at once.
@@ -321,7 +335,9 @@ class DeviceService:
             query = select(Device, User).join(User, User.id == Device.user_id).order_by(Device.id)
             if user_name is not None:
                 query = query.where(User.name == user_name)
-            return [(user.name, _info(device)) for device, user in session.execute(query)]
+            rows = [(device, user) for device, user in session.execute(query)]
+            statuses = attestation_statuses(session, [device.id for device, _ in rows])
+            return [(user.name, _info(device, statuses.get(device.id))) for device, user in rows]
 
     def admin_revoke(
         self, kid_or_device_id: str, user_name: str | None = None, *, actor: str | None = None

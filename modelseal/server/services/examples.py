@@ -23,10 +23,11 @@ read and are swept. The reference generator reads a user's live examples through
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
 import secrets
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from modelseal.errors import KeyFormatError
+from modelseal.keys.jwk import write_private_file
 from modelseal.server.clock import Clock
 from modelseal.server.db.examples_models import UserExamples
 from modelseal.server.db.models import ApiToken, Device, User
@@ -166,15 +169,11 @@ def examples_key(settings: ExamplesSettings, keyring_dir: Path) -> bytes:
 
 def _key_file(path: Path) -> bytes:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "wb") as out:
-            out.write(secrets.token_bytes(32))
-            out.flush()
-            os.fsync(out.fileno())
+    if not path.exists():
+        # A complete file is linked into place: server processes starting together
+        # never read a key file that another one has created but not yet written.
+        with contextlib.suppress(KeyFormatError):  # another process was first: use its key
+            write_private_file(path, secrets.token_bytes(32), overwrite=False)
     info = path.stat()
     if info.st_mode & 0o077:
         raise ConfigurationError(f"{path} must not be readable by group or others")
@@ -225,6 +224,10 @@ def check_examples(
                 raise ExamplesInvalidError(
                     f"x[{i}][{j}] must be a number, got {type(value).__name__}"
                 )
+            # JSON integers are unbounded: one past float64's range would make the
+            # conversion below raise OverflowError (a 500) instead of this error.
+            if isinstance(value, int) and not 0 <= value <= 1:
+                raise ExamplesInvalidError(f"x[{i}][{j}] must be a finite number in [0, 1]")
     xs = np.asarray(x, dtype=np.float64)
     bad = ~(np.isfinite(xs) & (xs >= 0.0) & (xs <= 1.0))
     if bad.any():
@@ -236,9 +239,17 @@ def check_examples(
     for i, label in enumerate(y):
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < 10:
             raise ExamplesInvalidError(
-                f"y[{i}] must be an integer label 0..{EXAMPLE_LABELS - 1}, got {label!r}"
+                f"y[{i}] must be an integer label 0..{EXAMPLE_LABELS - 1}, got {_excerpt(label)}"
             )
     return xs.astype(np.float32), np.asarray(y, dtype=np.int64)
+
+
+def _excerpt(value: object) -> str:
+    """``repr(value)`` cut to 32 characters, so an error never echoes a huge input."""
+    if isinstance(value, int) and value.bit_length() > 96:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 32 else text[:29] + "..."
 
 
 def _encode(x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]) -> bytearray:
@@ -438,11 +449,15 @@ class ExamplesService:
         """The generator's accessor for one user: reads the examples when asked."""
         return _LazyUserData(self, subject)
 
-    def delete_user(self, name: str) -> UserDeletion:
+    def delete_user(
+        self, name: str, *, record: Callable[[Session, int], None] | None = None
+    ) -> UserDeletion:
         """Delete a built-in user's examples, revoke their tokens and disable the account.
 
         Devices are revoked by the caller (``DeviceService.admin_revoke``), which also
         deletes their undelivered packages; their ids are returned for that.
+        ``record(session, user_id)`` runs last inside the deletion's transaction (the
+        audit entry, :meth:`AccountService.record_admin`): if it fails, nothing is deleted.
 
         Raises:
             NotFoundError: No user has that name.
@@ -466,6 +481,8 @@ class ExamplesService:
             if user.disabled_at is None:
                 user.disabled_at = now
             revoked = int(getattr(tokens, "rowcount", 0) or 0)
+            if record is not None:
+                record(session, user.id)
         _log.info("user_deleted", user_id=user.id, examples=examples, tokens=revoked)
         return UserDeletion(examples, revoked, devices)
 

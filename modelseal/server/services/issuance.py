@@ -271,7 +271,23 @@ class IssuanceService:
         with self._sessions.begin() as session:
             job = session.get(Job, job_id)
             if job is not None:
-                refund = status == JobStatus.FAILED and job.status != JobStatus.FAILED
+                # Atomic, so that of concurrent failures of one job exactly one refunds,
+                # and only a job that never became ready (no package was sealed) does.
+                refund = (
+                    status == JobStatus.FAILED
+                    and _rowcount(
+                        session.execute(
+                            update(Job)
+                            .where(
+                                Job.id == job_id,
+                                Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+                            )
+                            .values(status=status)
+                            .execution_options(synchronize_session=False)
+                        )
+                    )
+                    == 1
+                )
                 job.status = status
                 job.error_code = error_code
                 job.finished_at = int(self._clock())
@@ -533,17 +549,23 @@ class IssuanceService:
             if self._runners is not None:
                 live = self._runners.live_runners(session)
                 unfinished = unfinished & (Job.runner_id.is_(None) | Job.runner_id.not_in(live))
-            return _rowcount(
-                session.execute(
-                    update(Job)
-                    .where(unfinished)
-                    .values(
-                        status=JobStatus.FAILED,
-                        error_code="interrupted",
-                        finished_at=int(self._clock()),
-                    )
+            jobs = list(session.scalars(select(Job).where(unfinished).with_for_update()))
+            now = int(self._clock())
+            for job in jobs:
+                job.status = JobStatus.FAILED
+                job.error_code = "interrupted"
+                job.finished_at = now
+            session.flush()
+            for job in jobs:  # in this transaction: no failed job without its entry
+                self._audit.append(
+                    session,
+                    AuditAction.IML_FAILED,
+                    actor=SYSTEM_ACTOR,
+                    user_id=job.user_id,
+                    model_id=job.model_id,
+                    details={"job_id": job.id, "error_code": "interrupted"},
                 )
-            )
+            return len(jobs)
 
     def recent(self, *, limit: int = 100) -> list[IssuanceInfo]:
         """Recent issuances, newest first (operators)."""

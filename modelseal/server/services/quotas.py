@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import ColumnElement, CursorResult, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -42,6 +42,15 @@ def period_bounds(now: int, period_seconds: int) -> tuple[int, int]:
     """The ``(start, end)`` of the period holding ``now`` (end exclusive)."""
     start = now - now % period_seconds
     return start, start + period_seconds
+
+
+def _counter(user_id: int, model_id: str, start: int) -> tuple[ColumnElement[bool], ...]:
+    """The ``WHERE`` terms selecting one counter row: this user, model and period."""
+    return (
+        QuotaCounter.user_id == user_id,
+        QuotaCounter.model_id == model_id,
+        QuotaCounter.period_start == start,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +90,7 @@ class QuotaService:
             CursorResult[Any],
             session.execute(
                 update(QuotaCounter)
-                .where(
-                    QuotaCounter.user_id == user_id,
-                    QuotaCounter.model_id == model_id,
-                    QuotaCounter.period_start == start,
-                    QuotaCounter.used < limit,
-                )
+                .where(*_counter(user_id, model_id, start), QuotaCounter.used < limit)
                 .values(used=QuotaCounter.used + 1)
                 .execution_options(synchronize_session=False)
             ),
@@ -98,13 +102,7 @@ class QuotaService:
                 retry_after_seconds=end - now,
                 resets_at=end,
             )
-        used = session.scalar(
-            select(QuotaCounter.used).where(
-                QuotaCounter.user_id == user_id,
-                QuotaCounter.model_id == model_id,
-                QuotaCounter.period_start == start,
-            )
-        )
+        used = session.scalar(select(QuotaCounter.used).where(*_counter(user_id, model_id, start)))
         return QuotaUse(model_id, int(used or 0), limit, start, end)
 
     @staticmethod
@@ -122,12 +120,7 @@ class QuotaService:
         start, _ = period_bounds(taken_at, policy.period_seconds)
         session.execute(
             update(QuotaCounter)
-            .where(
-                QuotaCounter.user_id == user_id,
-                QuotaCounter.model_id == model_id,
-                QuotaCounter.period_start == start,
-                QuotaCounter.used > 0,
-            )
+            .where(*_counter(user_id, model_id, start), QuotaCounter.used > 0)
             .values(used=QuotaCounter.used - 1)
             .execution_options(synchronize_session=False)
         )
@@ -144,11 +137,5 @@ class QuotaService:
     ) -> QuotaUse:
         """The current period's use, without taking anything."""
         start, end = period_bounds(now, policy.period_seconds)
-        used = session.scalar(
-            select(QuotaCounter.used).where(
-                QuotaCounter.user_id == user_id,
-                QuotaCounter.model_id == model_id,
-                QuotaCounter.period_start == start,
-            )
-        )
+        used = session.scalar(select(QuotaCounter.used).where(*_counter(user_id, model_id, start)))
         return QuotaUse(model_id, int(used or 0), policy.limit_for(suspicious), start, end)

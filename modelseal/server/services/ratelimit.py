@@ -14,6 +14,7 @@ quota, which protects the models, lives in the database and does not depend on i
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from limits.strategies import (
 from modelseal.server.errors import ConfigurationError
 from modelseal.server.settings import AbuseSettings
 
-__all__ = ["RateLimits", "Refusal"]
+__all__ = ["RateLimits", "Refusal", "address_key"]
 
 _log = structlog.get_logger("modelseal.server.ratelimit")
 _STRATEGIES: dict[str, type[RateLimiter]] = {
@@ -75,6 +76,7 @@ class RateLimits:
         self._device = _item(settings.device_rate_limit)
         self._ip = _item(settings.ip_rate_limit)
         self._auth_failures = _item(settings.auth_failure_limit)
+        self._app_events = _item(settings.app_events_per_user_limit)
 
     def hit(
         self, *, user_id: int, device_id: str | None, ip: str | None, suspicious: bool
@@ -89,7 +91,7 @@ class RateLimits:
             ("user", user_item, str(user_id)),
             # Device ids are unique per user only: the device's bucket is the user's device.
             ("device", self._device, None if device_id is None else f"{user_id}:{device_id}"),
-            ("ip", self._ip, ip),
+            ("ip", self._ip, None if ip is None else address_key(ip)),
         ]
         for scope, item, key in checks:
             if item is None or key is None:
@@ -115,10 +117,11 @@ class RateLimits:
         """Whether ``ip`` is past its failed-authentication limit (charges nothing)."""
         if self._auth_failures is None or ip is None:
             return None
+        key = address_key(ip)
         try:
-            if self._limiter.test(self._auth_failures, "authfail", ip):
+            if self._limiter.test(self._auth_failures, "authfail", key):
                 return None
-            stats = self._limiter.get_window_stats(self._auth_failures, "authfail", ip)
+            stats = self._limiter.get_window_stats(self._auth_failures, "authfail", key)
         except StorageError:
             return None
         return Refusal("auth", max(1, math.ceil(stats.reset_time - time.time())))
@@ -128,9 +131,34 @@ class RateLimits:
         if self._auth_failures is None or ip is None:
             return
         try:
-            self._limiter.hit(self._auth_failures, "authfail", ip)
+            self._limiter.hit(self._auth_failures, "authfail", address_key(ip))
         except StorageError:
             return
+
+    def app_events(self, user_id: int, count: int) -> Refusal | None:
+        """Charge ``count`` stored app events to ``user_id`` (all or none).
+
+        Returns:
+            None when the per-user event limit allows them all, else the refusal.
+        """
+        if self._app_events is None:
+            return None
+        try:
+            if self._limiter.hit(self._app_events, "appevents", str(user_id), cost=count):
+                return None
+            stats = self._limiter.get_window_stats(self._app_events, "appevents", str(user_id))
+        except StorageError:
+            return None
+        return Refusal("events", max(1, math.ceil(stats.reset_time - time.time())))
+
+    def within_interval(self, kind: str, key: str, count: int) -> bool:
+        """True for the first ``count`` calls per ``event_record_interval_seconds`` for
+        ``(kind, key)``."""
+        item = parse(f"{count} per {self._interval} second")
+        try:
+            return self._throttle.hit(item, "event", kind, key)
+        except StorageError:
+            return True
 
     def first_in_interval(self, kind: str, key: str) -> bool:
         """True once per ``event_record_interval_seconds`` for ``(kind, key)``.
@@ -142,6 +170,20 @@ class RateLimits:
             return self._throttle.hit(item, "event", kind, key)
         except StorageError:
             return True
+
+
+def address_key(ip: str) -> str:
+    """The bucket of a client address: an IPv6 client is its /64 (one subscriber gets a
+    whole /64 and picks addresses in it at will); IPv4 (and IPv4-mapped) as is."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip  # not an address (a Unix socket, a test client)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _item(text: str | None) -> RateLimitItem | None:

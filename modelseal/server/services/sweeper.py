@@ -16,6 +16,7 @@ from sqlalchemy import select
 from modelseal.server.clock import Clock
 from modelseal.server.db.models import Issuance
 from modelseal.server.db.session import SessionFactory
+from modelseal.server.services.abuse import expire_addresses
 from modelseal.server.services.audit import SYSTEM_ACTOR, AuditAction, AuditLog
 from modelseal.server.services.examples import delete_expired_examples
 from modelseal.server.services.keyring import Keyring
@@ -36,6 +37,7 @@ class SweepReport:
     orphans: int
     retired_keys: int
     examples: int = 0
+    addresses: int = 0
 
 
 class SweepService:
@@ -93,9 +95,16 @@ class SweepService:
         max_ttl = max((m.blob_ttl_seconds for m in self._settings.models), default=3600)
         orphans = len(self._blobs.sweep(max_ttl + _ORPHAN_GRACE_SECONDS, now))
         retired = len(self._keyring.prune())
-        report = SweepReport(expired, orphans, retired, examples)
+        # Client addresses past their retention (address uses, ``ip`` in event details).
+        addresses = expire_addresses(self._sessions, self._settings.abuse, now)
+        report = SweepReport(expired, orphans, retired, examples, addresses)
         _log.info(
-            "sweep", expired=expired, orphans=orphans, retired_keys=retired, examples=examples
+            "sweep",
+            expired=expired,
+            orphans=orphans,
+            retired_keys=retired,
+            examples=examples,
+            addresses=addresses,
         )
         return report
 

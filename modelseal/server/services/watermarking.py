@@ -25,7 +25,6 @@ transform. Each score is a test; the family-wise p-value counts all of them.
 from __future__ import annotations
 
 import dataclasses
-import os
 import secrets
 import struct
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,7 +40,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from modelseal.errors import UsageError
+from modelseal.errors import KeyFormatError, UsageError
+from modelseal.keys.jwk import write_private_file
 from modelseal.models import binding as binding_lib
 from modelseal.models import watermark as wm
 from modelseal.models.bundle import BUNDLE_MEDIA_TYPE, MAGIC, build_bundle, parse_bundle
@@ -150,13 +150,17 @@ def load_server_secret(settings: Settings, name: str, *, create: bool = True) ->
         return _read_secret_file(path, name)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / _SECRET_FILES[name]
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        return _read_secret_file(path, name)
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        out.write(secrets.token_urlsafe(32) + "\n")
-    _log.warning("server_secret_generated", secret=name, detail="dev mode: kept under data_dir")
+    if not path.exists():
+        # A complete file is linked into place, so that processes starting together
+        # never read one that another has created but not yet written.
+        try:
+            write_private_file(path, (secrets.token_urlsafe(32) + "\n").encode(), overwrite=False)
+        except KeyFormatError:
+            pass  # another process was first: use its secret
+        else:
+            _log.warning(
+                "server_secret_generated", secret=name, detail="dev mode: kept under data_dir"
+            )
     return _read_secret_file(path, name)
 
 
@@ -258,8 +262,8 @@ class TraceReport:
         model_id: The model whose issuances were scanned.
         candidates: Issuances scanned.
         scores: Tests the family-wise p-values count: every candidate once, and every
-            bound candidate once more plus up to 16 confirmations when bound issuances
-            exist (:meth:`WatermarkingService.trace`).
+            bound candidate twice more (aligned, and unbound) when bound issuances exist
+            (:meth:`WatermarkingService.trace`).
         matches: The best candidates, by decreasing ``z``.
     """
 
@@ -502,7 +506,11 @@ class WatermarkingService:
            each after undoing its own transform exactly.
 
         Passes 2 and 3 run only when pass 1 finds nothing; their tests are counted
-        whenever bound issuances exist, whether they ran or not.
+        whenever bound issuances exist, whether they ran or not. Pass 3 counts as one
+        test per *bound* candidate, not per confirmation: its shortlist is chosen by
+        pass-2 scores under the same keys, so which wrong candidates reach it depends on
+        their keys; the union over every candidate that could have reached it bounds the
+        chance that a wrong one scores high there, the count of 16 does not.
 
         Args:
             suspect: The suspect: a bundle, an ONNX file or a safetensors file.
@@ -522,7 +530,7 @@ class WatermarkingService:
             return TraceReport(model_id, 0, 0, ())
         bound = [c for c in candidates if c.binding_layer is not None]
         confirm = min(CONFIRM_CANDIDATES, len(bound))
-        tests = len(candidates) + len(bound) + confirm
+        tests = len(candidates) + 2 * len(bound)
         layers = sorted({c.binding_layer for c in bound if c.binding_layer is not None})
         needed = sorted({name for c in candidates for name in c.tensors} | set(layers))
         suspect_w, _ = _read_for_trace(suspect, needed, "suspect")

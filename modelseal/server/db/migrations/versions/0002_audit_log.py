@@ -1,9 +1,9 @@
 """Audit log: append-only entries, checkpoints (issue 8).
 
 On PostgreSQL, triggers refuse UPDATE, DELETE and TRUNCATE on ``audit_entries`` and
-``audit_checkpoints`` for every role, the owner included (docs/AUDIT.md). Only a
-superuser who drops the trigger can change them, and the checkpoints exported outside
-the database still expose that.
+``audit_checkpoints`` for every role, the owner included (docs/AUDIT.md). Only the
+owner or a superuser, who can drop or bypass the triggers, can change them, and the
+checkpoints exported outside the database still expose that.
 
 Revision ID: 0002
 Revises: 0001

@@ -80,10 +80,14 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("address_uses", schema=None) as batch_op:
         batch_op.create_index("ix_address_uses_ip_last_seen", ["ip", "last_seen"], unique=False)
+        batch_op.create_index(
+            "ix_address_uses_user_id_last_seen", ["user_id", "last_seen"], unique=False
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("address_uses", schema=None) as batch_op:
+        batch_op.drop_index("ix_address_uses_user_id_last_seen")
         batch_op.drop_index("ix_address_uses_ip_last_seen")
     op.drop_table("address_uses")
     with op.batch_alter_table("fraud_overrides", schema=None) as batch_op:
