@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from modelseal._ijson import no_duplicate_members
 from modelseal.client.errors import ClientBusyError, ClientStateError, NotInitializedError
 from modelseal.errors import UsageError
 
@@ -51,6 +52,11 @@ MAX_STATE_FILE_BYTES = 1 << 20
 # The server's model id alphabet (settings.ModelSpec): safe as a file name as it is.
 MODEL_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _OTHERS = 0o077
+
+
+_no_duplicates = no_duplicate_members(
+    lambda name: ClientStateError(f"duplicate JSON member {name!r}")
+)
 
 
 def check_model_id(model_id: str) -> str:
@@ -141,15 +147,6 @@ def read_private_bytes(path: Path, *, max_bytes: int) -> bytes | None:
     if len(data) > max_bytes:
         raise ClientStateError(f"client file {path} is larger than {max_bytes} bytes")
     return data
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise ClientStateError(f"duplicate JSON member {name!r}")
-        out[name] = value
-    return out
 
 
 def read_json_object(path: Path) -> dict[str, Any] | None:

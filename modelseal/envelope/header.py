@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from modelseal._ijson import MAX_SAFE_INTEGER, decode_object, json_type
 from modelseal.errors import HeaderError, UnsupportedAlgorithmError, UnsupportedSuiteError
 from modelseal.keys.issuer import SignatureAlgorithm
 from modelseal.keys.kem import KEM
@@ -36,7 +36,6 @@ KDF_HKDF_SHA256 = 0x0001
 AEAD_AES_256_GCM = 0x0002
 # C2SP allows at most 2^38 chunks; with a short final chunk that is 2^52 - 1 bytes.
 MAX_PLAINTEXT_BYTES = (1 << 52) - 1
-MAX_SAFE_INTEGER = (1 << 53) - 1
 MAX_DEPTH = 16
 MAX_STRING_CLAIM_CHARS = 255
 RCPT_MAX_CHARS = 64
@@ -111,7 +110,7 @@ class Claims:
     def from_json(cls, obj: object) -> Claims:
         """Validate a parsed ``claims`` object."""
         if not isinstance(obj, dict):
-            raise HeaderError(f"claims must be an object, got {_json_type(obj)}")
+            raise HeaderError(f"claims must be an object, got {json_type(obj)}")
         missing = [name for name in (*REQUIRED_STRING_CLAIMS, "iat", "exp") if name not in obj]
         if missing:
             raise HeaderError(f"claims is missing required member {missing[0]!r}")
@@ -185,23 +184,9 @@ class Header:
         return json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
 def _check_string(value: object, name: str, *, max_chars: int) -> str:
     if not isinstance(value, str):
-        raise HeaderError(f"{name} must be a string, got {_json_type(value)}")
+        raise HeaderError(f"{name} must be a string, got {json_type(value)}")
     if not 1 <= len(value) <= max_chars:
         raise HeaderError(f"{name} must be 1..{max_chars} characters, got {len(value)}")
     return value
@@ -210,91 +195,19 @@ def _check_string(value: object, name: str, *, max_chars: int) -> str:
 def _check_int(value: object, name: str, low: int, high: int) -> int:
     # bool is a subclass of int in Python but a distinct type in JSON.
     if isinstance(value, bool) or not isinstance(value, int):
-        raise HeaderError(f"{name} must be an integer, got {_json_type(value)}")
+        raise HeaderError(f"{name} must be an integer, got {json_type(value)}")
     if not low <= value <= high:
         raise HeaderError(f"{name} must be {low}..{high}, got {value}")
     return value
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise HeaderError(f"duplicate member {key!r}")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise HeaderError(f"{name} is not valid I-JSON")
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise HeaderError(f"number {text[:32]} is outside the I-JSON range")
-    return value
-
-
-def _parse_int(text: str) -> int:
-    # Refuse long literals before int(): Python limits int() to 4300 digits, and
-    # nothing beyond 16 digits can be inside the I-JSON range anyway.
-    if len(text.lstrip("-")) > 16:
-        raise HeaderError(f"integer {text[:32]}... is outside the I-JSON range")
-    value = int(text)
-    if abs(value) > MAX_SAFE_INTEGER:
-        raise HeaderError(f"integer {text[:32]} is outside the I-JSON range")
-    return value
-
-
-def _check_tree(value: object, depth: int) -> None:
-    """Refuse lone surrogates (not valid UTF-8) and excessive nesting."""
-    if depth > MAX_DEPTH:
-        raise HeaderError(f"header nests deeper than {MAX_DEPTH} levels")
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise HeaderError("header contains a lone surrogate") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_tree(key, depth + 1)
-            _check_tree(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_tree(item, depth + 1)
-
-
 def _decode_json(data: bytes, *, depth: int = 0) -> dict[str, Any]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise HeaderError(f"header is not valid UTF-8 at byte {exc.start}") from None
-    if text.startswith("\ufeff"):
-        raise HeaderError("header must not start with a byte-order mark")
-    try:
-        obj = json.loads(
-            text,
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-            parse_int=_parse_int,
-            parse_float=_parse_float,
-        )
-    except json.JSONDecodeError as exc:
-        raise HeaderError(f"header is not JSON: {exc.msg} at offset {exc.pos}") from None
-    except RecursionError:
-        raise HeaderError(f"header nests deeper than {MAX_DEPTH} levels") from None
-    except ValueError as exc:  # e.g. a number literal Python's int()/float() refuses
-        raise HeaderError(f"header holds an unparseable number: {str(exc)[:80]}") from None
-    _check_tree(obj, depth)
-    if not isinstance(obj, dict):
-        raise HeaderError(f"header must be a JSON object, got {_json_type(obj)}")
-    return obj
+    return decode_object(data, what="header", error=HeaderError, max_depth=MAX_DEPTH, depth=depth)
 
 
 def _parse_suite(obj: object) -> KEM:
     if not isinstance(obj, dict):
-        raise HeaderError(f"suite must be an object, got {_json_type(obj)}")
+        raise HeaderError(f"suite must be an object, got {json_type(obj)}")
     if set(obj) != {"kem", "kdf", "aead"}:
         raise HeaderError(f"suite must have exactly kem, kdf, aead; got {sorted(obj)}")
     kem, kdf, aead = (_check_int(obj[n], f"suite.{n}", 0, 0xFFFF) for n in ("kem", "kdf", "aead"))
@@ -305,7 +218,7 @@ def _parse_suite(obj: object) -> KEM:
 
 def _parse_sig(obj: object) -> SignatureRef:
     if not isinstance(obj, dict):
-        raise HeaderError(f"sig must be an object, got {_json_type(obj)}")
+        raise HeaderError(f"sig must be an object, got {json_type(obj)}")
     if set(obj) != {"alg", "kid"}:
         raise HeaderError(f"sig must have exactly alg and kid; got {sorted(obj)}")
     alg = _check_string(obj["alg"], "sig.alg", max_chars=64)

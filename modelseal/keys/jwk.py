@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from modelseal._ijson import no_duplicate_members
 from modelseal.errors import KeyFormatError
 from modelseal.keys.issuer import (
     IssuerKeySet,
@@ -67,6 +68,11 @@ _KEM_BY_ALG = {alg: kem for kem, alg in _HPKE_ALGS.items()}
 KEK_ALG = "A256GCMKW"
 _B64U = re.compile(r"[A-Za-z0-9_-]*")
 MAX_KEY_FILE_BYTES = 1 << 20
+
+
+_no_duplicates = no_duplicate_members(
+    lambda name: KeyFormatError(f"duplicate JSON member {name!r} in key file")
+)
 
 
 def b64u_encode(data: bytes) -> str:
@@ -255,15 +261,6 @@ def _read_json(path: Path) -> Any:
         raise KeyFormatError(f"key file {path} is not JSON: {exc}") from None
     except (ValueError, RecursionError):
         raise KeyFormatError(f"key file {path} holds JSON this loader refuses") from None
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise KeyFormatError(f"duplicate JSON member {name!r} in key file")
-        out[name] = value
-    return out
 
 
 def load_key(path: str | os.PathLike[str]) -> Key:

@@ -15,8 +15,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
+from modelseal._ijson import MAX_SAFE_INTEGER, decode_object, json_type
 from modelseal.errors import UsageError
-from modelseal.models._json import MAX_SAFE_INTEGER, decode_object, json_type
 from modelseal.models.errors import BundleError
 from modelseal.models.tensors import DTYPES
 

@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import Buffer
 
+from modelseal._ijson import decode_object, json_type
 from modelseal.errors import UsageError
-from modelseal.models._json import decode_object, json_type
 from modelseal.models.errors import ModelFormatError
 from modelseal.models.tensors import TensorInfo, by_safetensors, checked_replacement, numpy_dtype
 

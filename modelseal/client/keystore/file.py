@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from modelseal._ijson import no_duplicate_members
 from modelseal.client.keystore.base import (
     KeyExistsError,
     KeyInfo,
@@ -84,6 +85,11 @@ _MEMBERS = {
 Meta = dict[str, object]
 
 
+_reject_duplicates = no_duplicate_members(
+    lambda name: KeyFormatError(f"keystore file has a duplicate member {name!r}")
+)
+
+
 @dataclass(frozen=True, slots=True)
 class _Record:
     meta: Meta  # every member the AAD covers
@@ -103,15 +109,6 @@ def _expand(root: bytes, label: bytes, length: int) -> bytes:
 def _aad(meta: Mapping[str, object]) -> bytes:
     encoded = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return AAD_LABEL + encoded.encode("ascii")
-
-
-def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise KeyFormatError(f"keystore file has a duplicate member {key!r}")
-        result[key] = value
-    return result
 
 
 def _check_private(st: os.stat_result, path: Path, what: str, mode: int) -> None:

@@ -1,8 +1,10 @@
-"""Strict I-JSON (RFC 7493) decoding shared by the bundle manifest and safetensors headers.
+"""Strict I-JSON (RFC 7493) decoding, shared by every JSON document modelseal reads.
 
-Refused: invalid UTF-8, a byte-order mark, duplicate member names, ``NaN`` and
-``Infinity``, integers outside +-(2**53 - 1), lone surrogates and nesting deeper
-than :data:`MAX_DEPTH`.
+The container header, the bundle manifest and safetensors headers go through
+:func:`decode_object`. Refused: invalid UTF-8, a byte-order mark, duplicate member
+names, ``NaN`` and ``Infinity``, integers outside +-(2**53 - 1), lone surrogates and
+nesting deeper than a limit. Files that only need duplicate members refused (key
+files, client state) use :func:`no_duplicate_members` as their ``object_pairs_hook``.
 """
 
 from __future__ import annotations
@@ -35,8 +37,30 @@ def json_type(value: object) -> str:
     return "object"
 
 
+def no_duplicate_members(
+    error: Callable[[str], Exception],
+) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    """An ``object_pairs_hook`` that refuses a repeated member name with ``error(name)``."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise error(key)
+            out[key] = value
+        return out
+
+    return hook
+
+
 def decode_object(
-    data: bytes, *, what: str, base_offset: int, error: ErrorFactory
+    data: bytes,
+    *,
+    what: str,
+    base_offset: int = 0,
+    error: ErrorFactory,
+    max_depth: int = MAX_DEPTH,
+    depth: int = 0,
 ) -> dict[str, Any]:
     """Decode ``data`` as one strict I-JSON object.
 
@@ -45,6 +69,8 @@ def decode_object(
         what: The name used in messages, such as ``"manifest"``.
         base_offset: Where ``data`` starts in the enclosing file, so messages give file offsets.
         error: Builds the exception to raise from a message.
+        max_depth: The deepest nesting accepted.
+        depth: The nesting depth ``data`` itself sits at (for documents embedded in others).
 
     Raises:
         ModelSealError: Of the kind ``error`` builds, naming the offset where parsing failed.
@@ -53,13 +79,8 @@ def decode_object(
     def fail(message: str) -> NoReturn:
         raise error(f"{what} {message}")
 
-    def reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                fail(f"has duplicate member {key!r}")
-            out[key] = value
-        return out
+    def duplicate(key: str) -> ModelSealError:
+        return error(f"{what} has duplicate member {key!r}")
 
     def reject_constant(name: str) -> Any:
         fail(f"contains {name}, which is not I-JSON")
@@ -89,7 +110,7 @@ def decode_object(
     try:
         obj = json.loads(
             text,
-            object_pairs_hook=reject_duplicates,
+            object_pairs_hook=no_duplicate_members(duplicate),
             parse_constant=reject_constant,
             parse_int=parse_int,
             parse_float=parse_float,
@@ -99,16 +120,18 @@ def decode_object(
         byte_pos = len(text[: exc.pos].encode("utf-8"))
         fail(f"is not JSON: {exc.msg} at offset {base_offset + byte_pos}")
     except RecursionError:
-        fail(f"nests deeper than {MAX_DEPTH} levels")
-    _check_tree(obj, 0, fail)
+        fail(f"nests deeper than {max_depth} levels")
+    except ValueError as exc:  # a number literal int()/float() refuses; not expected
+        fail(f"holds an unparseable number: {str(exc)[:80]}")
+    _check_tree(obj, depth, max_depth, fail)
     if not isinstance(obj, dict):
         fail(f"must be a JSON object, got {json_type(obj)}")
     return obj
 
 
-def _check_tree(value: object, depth: int, fail: Callable[[str], NoReturn]) -> None:
-    if depth > MAX_DEPTH:
-        fail(f"nests deeper than {MAX_DEPTH} levels")
+def _check_tree(value: object, depth: int, max_depth: int, fail: Callable[[str], NoReturn]) -> None:
+    if depth > max_depth:
+        fail(f"nests deeper than {max_depth} levels")
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -116,8 +139,8 @@ def _check_tree(value: object, depth: int, fail: Callable[[str], NoReturn]) -> N
             fail("contains a lone surrogate")
     elif isinstance(value, dict):
         for key, item in value.items():
-            _check_tree(key, depth + 1, fail)
-            _check_tree(item, depth + 1, fail)
+            _check_tree(key, depth + 1, max_depth, fail)
+            _check_tree(item, depth + 1, max_depth, fail)
     elif isinstance(value, list):
         for item in value:
-            _check_tree(item, depth + 1, fail)
+            _check_tree(item, depth + 1, max_depth, fail)
