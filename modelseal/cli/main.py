@@ -1,11 +1,9 @@
 """The ``modelseal`` command: the Typer app, its one error boundary, and ``main()``.
 
 Commands live in modules by area (``keys_cmd``, ``envelope_cmd``, ``demo_cmd``)
-and are registered here. Sub-apps join the same way, and run inside the same
-boundary::
-
-    from modelseal.cli.main import app
-    app.add_typer(server_app, name="server")
+and are registered here. Those that import heavy parts (the server, the device
+client) are named in :data:`LAZY_COMMANDS` and imported on first use; all run
+inside the same error boundary.
 
 Importing this module builds the app and does nothing else: no I/O, no
 consoles, no environment reads.
@@ -29,15 +27,19 @@ Exit codes (stable; ``docs/CLI.md``):
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import sys
 from typing import Annotated, Any
 
 import typer
+
+# Typer vendors its own Click; these are its classes, not a separately installed click's.
+from typer._click.core import Command, Context
 from typer.core import TyperGroup
 
 from modelseal import __version__
-from modelseal.cli import audit_cmd, demo_cmd, device_cmd, envelope_cmd, keys_cmd, trace_cmd
+from modelseal.cli import demo_cmd, envelope_cmd, keys_cmd
 from modelseal.cli.output import JSON_META_KEY, emit_json, printable
 from modelseal.errors import (
     ClaimsError,
@@ -47,7 +49,6 @@ from modelseal.errors import (
     UsageError,
     VerificationError,
 )
-from modelseal.server.cli import admin_app, server_app
 
 __all__ = [
     "EXIT_CLAIMS",
@@ -140,6 +141,31 @@ def _report(ctx: typer.Context, exc: BaseException) -> int:
     return exit_code
 
 
+# Commands whose modules import the server, the device client, SQLAlchemy or ONNX Runtime
+# (about two seconds here): imported only when named, so that `modelseal seal`, `open` or
+# `--version` do not pay for them. name -> (module, attribute: a Typer app or a function).
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "server": ("modelseal.server.cli", "server_app"),
+    "admin": ("modelseal.server.cli", "admin_app"),
+    "device": ("modelseal.cli.device_cmd", "app"),
+    "audit": ("modelseal.cli.audit_cmd", "app"),
+    "trace": ("modelseal.cli.trace_cmd", "trace_command"),
+}
+
+
+def _load_command(name: str) -> Command:
+    module_name, attribute = LAZY_COMMANDS[name]
+    target = getattr(importlib.import_module(module_name), attribute)
+    if isinstance(target, typer.Typer):
+        command: Command = typer.main.get_group(target)
+    else:
+        holder = typer.Typer()
+        holder.command(name)(target)
+        command = typer.main.get_command(holder)
+    command.name = name
+    return command
+
+
 class ModelSealGroup(TyperGroup):
     """The root command group; its :meth:`invoke` is the CLI's one error boundary.
 
@@ -147,7 +173,19 @@ class ModelSealGroup(TyperGroup):
     ``invoke``. Typer's own signals (usage errors, ``Exit``, ``Abort``) pass
     through untouched; everything else becomes an ``error[<code>]`` line (or a JSON
     error object with ``--json``) and an exit code. No traceback is ever printed.
+
+    The commands of :data:`LAZY_COMMANDS` are imported when first asked for.
     """
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        """Every command name, the lazily loaded ones included."""
+        return [*super().list_commands(ctx), *LAZY_COMMANDS]
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        """The named command, importing its module first if it is a lazy one."""
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            self.add_command(_load_command(cmd_name), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         """Run the selected command and map any error it raises to an exit code."""
@@ -200,11 +238,6 @@ app.command("seal")(envelope_cmd.seal_command)
 app.command("open")(envelope_cmd.open_command)
 app.command("inspect")(envelope_cmd.inspect_command)
 app.command("demo")(demo_cmd.demo)
-app.add_typer(server_app, name="server")
-app.add_typer(admin_app, name="admin")
-app.add_typer(device_cmd.app, name="device")
-app.command("trace")(trace_cmd.trace_command)
-app.add_typer(audit_cmd.app, name="audit")
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ import datetime
 import functools
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -158,7 +157,7 @@ def _find_config(ctx: typer.Context) -> Path | None:
 def _services(ctx: typer.Context) -> Iterator[Services]:
     from modelseal.server.logging import configure_logging
 
-    configure_logging(sys.stderr, level="WARNING")
+    configure_logging("stderr", level="WARNING")
     settings = _settings(ctx)
     services = _guard(lambda: build_services(settings))
     try:

@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
 
@@ -88,33 +88,66 @@ def redact(
     return event_dict
 
 
-class _StreamLoggerFactory:
-    """Writes to a fixed stream, or to whatever ``sys.stdout`` is at write time."""
+# A standard stream named rather than given: looked up in ``sys`` at each write, so that
+# logging follows a replaced ``sys.stderr`` (a test runner's capture, a closed pipe's
+# replacement) instead of writing to a stream that has since been closed.
+StandardStream = Literal["stdout", "stderr"]
 
-    def __init__(self, stream: TextIO | None) -> None:
+
+def _resolve(stream: TextIO | StandardStream | None) -> TextIO:
+    if stream is None:
+        return sys.stdout
+    if isinstance(stream, str):
+        resolved: TextIO = getattr(sys, stream)
+        return resolved
+    return stream
+
+
+class _StreamLoggerFactory:
+    """Writes to a fixed stream, or to whatever ``sys.stdout``/``sys.stderr`` is at write time."""
+
+    def __init__(self, stream: TextIO | StandardStream | None) -> None:
         self._stream = stream
 
     def __call__(self, *_args: Any) -> _LineWriter:
         return _LineWriter(self._stream)
 
 
+class _StandardStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stdlib handler writing to whatever ``sys.<name>`` is when each record arrives."""
+
+    def __init__(self, name: StandardStream) -> None:
+        self._name = name
+        super().__init__()
+
+    @property
+    def stream(self) -> TextIO:
+        resolved: TextIO = getattr(sys, self._name)
+        return resolved
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        """StreamHandler assigns its stream; the name decides instead."""
+
+
 class _LineWriter:
-    def __init__(self, stream: TextIO | None) -> None:
+    def __init__(self, stream: TextIO | StandardStream | None) -> None:
         self._stream = stream
 
     def msg(self, message: str) -> None:
-        stream = self._stream if self._stream is not None else sys.stdout
+        stream = _resolve(self._stream)
         stream.write(message + "\n")
         stream.flush()
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
-def configure_logging(stream: TextIO | None = None, level: str = "INFO") -> None:
+def configure_logging(stream: TextIO | StandardStream | None = None, level: str = "INFO") -> None:
     """Send structlog and stdlib logging, redacted and as JSON lines, to ``stream``.
 
     Args:
-        stream: Destination (default: ``sys.stdout`` at the time of each write).
+        stream: Destination: a stream, or ``"stdout"``/``"stderr"`` for whatever that
+            standard stream is at the time of each write (None: ``"stdout"``).
         level: Minimum level of stdlib records (structlog events are all kept).
     """
     shared: list[Any] = [
@@ -138,7 +171,11 @@ def configure_logging(stream: TextIO | None = None, level: str = "INFO") -> None
             structlog.processors.JSONRenderer(),
         ],
     )
-    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
+    handler: logging.Handler = (
+        logging.StreamHandler(stream)
+        if stream is not None and not isinstance(stream, str)
+        else _StandardStreamHandler(stream or "stdout")
+    )
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for existing in list(root.handlers):

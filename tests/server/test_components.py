@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -179,3 +181,21 @@ def test_the_sweeper_runs_periodically_until_stopped() -> None:
         assert calls.acquire(timeout=5)
     finally:
         sweeper.stop()
+
+
+def test_logging_to_a_named_standard_stream_follows_its_replacement(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`modelseal admin` logs to "stderr": a captured stderr closed later must not break it."""
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    configure_logging("stderr", level="WARNING")
+    try:
+        first.close()  # as a test runner's capture is, once its command returns
+        monkeypatch.setattr(sys, "stderr", second)
+        structlog.get_logger("modelseal.test").warning("after_replacement")
+        logging.getLogger("modelseal.test").warning("stdlib_after_replacement")
+    finally:
+        configure_logging(io.StringIO())
+    assert "after_replacement" in second.getvalue()
+    assert "stdlib_after_replacement" in second.getvalue()
