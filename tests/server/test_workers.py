@@ -30,6 +30,7 @@ from sqlalchemy.exc import OperationalError
 
 from modelseal.envelope import OpenPolicy, open_bytes
 from modelseal.keys import KEM, RecipientPrivateKey, key_to_jwk, parse_jwks
+from modelseal.server import workers
 from modelseal.server.container import Services, build_services
 from modelseal.server.db.models import Job
 from modelseal.server.db.runner_models import JobRunnerRow
@@ -493,3 +494,18 @@ def test_concurrent_writers_lose_no_update(tmp_path: Path) -> None:
     with reading(sessions) as session:
         assert session.execute(text("SELECT n FROM counter")).scalar_one() == 160
     engine.dispose()
+
+
+def test_worker_sockets_are_tcp_so_asyncio_disables_nagle() -> None:
+    # asyncio sets TCP_NODELAY only on sockets whose proto is TCP; without it each small
+    # response waited about 40 ms for a delayed ACK (the 2-worker benchmark showed it).
+    port = _free_port()
+    first = workers._listen("127.0.0.1", port, reuse_port=True)
+    second = workers._listen("127.0.0.1", port, reuse_port=True)  # SO_REUSEPORT: same port
+    try:
+        assert first.proto == second.proto == socket.IPPROTO_TCP
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        first.close()
+        second.close()
