@@ -7,11 +7,13 @@ per key: purpose, kid, backend, alg, state, created, and the state's date.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from modelseal.server.keyservice import KeyInfo, KeyPurpose
+from modelseal.server.keyservice.service import KeyService
 from modelseal.server.services.audit import admin_actor
 
 __all__ = ["admin_actor", "keys_app"]
@@ -43,6 +45,15 @@ def _line(info: KeyInfo) -> str:
     )
 
 
+def _apply(ctx: typer.Context, operation: Callable[[KeyService], KeyInfo]) -> None:
+    """Run one key service operation for the server ``ctx`` names; print the key it leaves."""
+    from modelseal.server.cli import _guard, _services
+
+    with _services(ctx) as services:
+        info = _guard(lambda: operation(services.keys))
+        typer.echo(_line(info))
+
+
 @keys_app.command("list")
 def keys_list(
     ctx: typer.Context,
@@ -63,21 +74,13 @@ def keys_create(
     alg: Annotated[str | None, typer.Option(help="Ed25519 or ES256 (HS256 for link keys)")] = None,
 ) -> None:
     """Generate a key in state ``created``: published (issuer), not yet signing."""
-    from modelseal.server.cli import _guard, _services
-
-    with _services(ctx) as services:
-        info = _guard(lambda: services.keys.create(purpose, alg, actor=admin_actor()))
-        typer.echo(_line(info))
+    _apply(ctx, lambda keys: keys.create(purpose, alg, actor=admin_actor()))
 
 
 @keys_app.command("activate")
 def keys_activate(ctx: typer.Context, purpose: PurposeArg, kid: KidArg) -> None:
     """Make a created key the active one; the previous active key starts retiring."""
-    from modelseal.server.cli import _guard, _services
-
-    with _services(ctx) as services:
-        info = _guard(lambda: services.keys.activate(purpose, kid, actor=admin_actor()))
-        typer.echo(_line(info))
+    _apply(ctx, lambda keys: keys.activate(purpose, kid, actor=admin_actor()))
 
 
 @keys_app.command("rotate")
@@ -87,21 +90,13 @@ def keys_rotate(
     alg: Annotated[str | None, typer.Option(help="Algorithm of the new key")] = None,
 ) -> None:
     """Create a key and activate it at once."""
-    from modelseal.server.cli import _guard, _services
-
-    with _services(ctx) as services:
-        info = _guard(lambda: services.keys.rotate(purpose, alg, actor=admin_actor()))
-        typer.echo(_line(info))
+    _apply(ctx, lambda keys: keys.rotate(purpose, alg, actor=admin_actor()))
 
 
 @keys_app.command("retire")
 def keys_retire(ctx: typer.Context, purpose: PurposeArg, kid: KidArg) -> None:
     """Retire a created or retiring key now; its private half is destroyed."""
-    from modelseal.server.cli import _guard, _services
-
-    with _services(ctx) as services:
-        info = _guard(lambda: services.keys.retire(purpose, kid, actor=admin_actor()))
-        typer.echo(_line(info))
+    _apply(ctx, lambda keys: keys.retire(purpose, kid, actor=admin_actor()))
 
 
 @keys_app.command("revoke")
@@ -115,12 +110,7 @@ def keys_revoke(
     ] = False,
 ) -> None:
     """Withdraw a key at once (suspected compromise); its private half is destroyed."""
-    from modelseal.server.cli import _guard, _services
-
-    with _services(ctx) as services:
-        info = _guard(
-            lambda: services.keys.revoke(
-                purpose, kid, actor=admin_actor(), reason=reason, force=force
-            )
-        )
-        typer.echo(_line(info))
+    _apply(
+        ctx,
+        lambda keys: keys.revoke(purpose, kid, actor=admin_actor(), reason=reason, force=force),
+    )

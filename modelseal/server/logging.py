@@ -117,12 +117,13 @@ class _StandardStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stdlib handler writing to whatever ``sys.<name>`` is when each record arrives."""
 
     def __init__(self, name: StandardStream) -> None:
-        self._name = name
+        # Not ``_name``: logging.Handler keeps the handler's own name there.
+        self._standard_stream = name
         super().__init__()
 
     @property
     def stream(self) -> TextIO:
-        resolved: TextIO = getattr(sys, self._name)
+        resolved: TextIO = getattr(sys, self._standard_stream)
         return resolved
 
     @stream.setter

@@ -195,6 +195,9 @@ def test_logging_to_a_named_standard_stream_follows_its_replacement(
         monkeypatch.setattr(sys, "stderr", second)
         structlog.get_logger("modelseal.test").warning("after_replacement")
         logging.getLogger("modelseal.test").warning("stdlib_after_replacement")
+        for handler in logging.getLogger().handlers:
+            handler.flush()  # as logging.shutdown() does at exit
+            assert handler.name is None or isinstance(handler.name, str)
     finally:
         configure_logging(io.StringIO())
     assert "after_replacement" in second.getvalue()
