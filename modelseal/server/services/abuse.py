@@ -352,7 +352,18 @@ class AbuseService(FraudOperations):
             )
 
     def verdict_of(self, session: Session, user_id: int) -> Verdict:
-        """The verdict in force for ``user_id`` (override, else computed; ``ok`` if neither)."""
+        """The verdict in force for ``user_id`` (override, else computed; ``ok`` if neither).
+
+        A stored verdict that is stale or was computed under other rules is recomputed and
+        stored through ``session``, which must then be a writing one.
+        """
+        verdict = self._stored_verdict(session, user_id)
+        if verdict is None:
+            verdict = Verdict(self._recompute(session, user_id).verdict)
+        return verdict
+
+    def _stored_verdict(self, session: Session, user_id: int) -> Verdict | None:
+        """The verdict in force as stored, or None when it must be recomputed first."""
         now = int(self._clock())
         override = self._active_override(session, user_id, now)
         if override is not None:
@@ -366,9 +377,7 @@ class AbuseService(FraudOperations):
         )
         # Computed under other rules (an operator deployed new ones): recomputed on use.
         outdated = row.verdict != Verdict.MALICIOUS and row.rules_version != self.rules.version
-        if stale or outdated:
-            row = self._recompute(session, user_id)
-        return Verdict(row.verdict)
+        return None if stale or outdated else Verdict(row.verdict)
 
     def require_not_blocked(self, session: Session, user_id: int) -> Verdict:
         """The user's verdict, unless it is ``malicious``.
@@ -420,8 +429,14 @@ class AbuseService(FraudOperations):
             )
         # First: a new account at an address a blocked account used is linked to it.
         self._note_address(principal.user_id, ip)
-        with self._sessions.begin() as session:
-            verdict = self.verdict_of(session, principal.user_id)
+        # Every authenticated request reads the verdict: without a write lock, unless the
+        # stored one has to be recomputed.
+        with reading(self._sessions) as session:
+            stored = self._stored_verdict(session, principal.user_id)
+        if stored is None:
+            with self._sessions.begin() as session:
+                stored = self.verdict_of(session, principal.user_id)
+        verdict = stored
         if verdict == Verdict.MALICIOUS and not allow_blocked:
             self._metrics.abuse_refusals_total.labels(reason=AccountBlockedError.code).inc()
             raise AccountBlockedError("this account is blocked")
